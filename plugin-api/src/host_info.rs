@@ -1,0 +1,66 @@
+//! JSON side-channels of the ABI: what the host tells plugins, and what plugins tell the host.
+//!
+//! Both travel as JSON objects so fields can be added without breaking loaded plugins: unknown
+//! fields are ignored and missing ones take their defaults.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What the host tells every pushkin at construction.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostInfo {
+    /// The host's version.
+    pub host_version: String,
+    /// The outbound HTTP CONNECT proxy (`http://[user:pass@]host:port`) every upstream
+    /// connection must use, from the config's `proxy` or `HTTPS_PROXY`. Contains credentials:
+    /// never log it whole.
+    pub proxy: Option<String>,
+    /// PEM files whose certificates outbound TLS trusts in addition to the public roots
+    /// (`SSL_CERT_FILE`, when set).
+    pub extra_root_certs: Vec<PathBuf>,
+    /// The User-Agent for outbound requests.
+    pub user_agent: String,
+    /// Worker threads the plugin's runtime should use, so host and plugins together do not
+    /// oversubscribe the cores.
+    pub worker_threads: usize,
+}
+
+/// What a plugin library tells the host about itself, beyond its kind and version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginInfo {
+    /// The JSON body `GET /_matrix/push/v1/notify` answers while an app of this kind is
+    /// configured (UnifiedPush distributors probe it to discover a gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_get_response: Option<serde_json::Value>,
+}
+
+/// Formats a proxy URL for logs, without its credentials.
+pub fn redact_url_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_missing_host_info_fields_are_tolerated() {
+        let info: HostInfo =
+            serde_json::from_str(r#"{"proxy":"http://p:1","some_future_field":1}"#).unwrap();
+        assert_eq!(info.proxy.as_deref(), Some("http://p:1"));
+        assert_eq!(info.worker_threads, 0);
+    }
+
+    #[test]
+    fn redacts_proxy_credentials() {
+        assert_eq!(redact_url_credentials("http://u:secret@proxy:3128"), "http://***@proxy:3128");
+        assert_eq!(redact_url_credentials("http://proxy:3128"), "http://proxy:3128");
+    }
+}
