@@ -1,0 +1,72 @@
+//! The FCM pushkin (`type: gcm`): Firebase Cloud Messaging, HTTP v1 and legacy, as Sygnal does it.
+//!
+//! - [`config`]: the app section, validated at startup.
+//! - [`payload`]: the request bodies (pure).
+//! - [`response`]: what FCM's answers mean (pure).
+//! - [`oauth`]: service-account access tokens for v1, cached.
+//! - [`transport`]: requests, retries, `max_connections`, metrics.
+
+pub mod config;
+pub mod oauth;
+pub mod payload;
+pub mod response;
+pub mod transport;
+
+use config::{Api, GcmConfig};
+use std::time::Duration;
+use sygnal_plugin_api::http::{build_client, ClientOptions};
+use sygnal_plugin_api::{Notification, PushError, Pushkin, PushkinContext};
+use transport::{Auth, Transport, TransportSettings};
+
+/// The FCM pushkin for one app.
+pub struct GcmPushkin {
+    transport: Transport,
+}
+
+impl Pushkin for GcmPushkin {
+    const KIND: &'static str = "gcm";
+
+    fn new(ctx: PushkinContext) -> Result<Self, String> {
+        let config = GcmConfig::from_context(&ctx)?;
+        let options = ClientOptions {
+            // Keep as many idle connections as may be busy at once.
+            max_idle_per_host: config.max_connections,
+            request_timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        };
+        let client = build_client(ctx.host(), &options)
+            .map_err(|err| format!("apps.{}: {err}", ctx.app_id()))?;
+        let auth = match config.api {
+            Api::Legacy { api_key } => Auth::Legacy {
+                header: transport::legacy_authorization(&api_key),
+                url: format!("{}/fcm/send", config.endpoint),
+            },
+            Api::V1 {
+                project_id,
+                service_account,
+            } => Auth::V1 {
+                // The token fetch shares the client: same proxy, same trust roots.
+                tokens: oauth::TokenSource::new(service_account, client.clone()),
+                url: format!("{}/v1/projects/{project_id}/messages:send", config.endpoint),
+            },
+        };
+        let transport = Transport::new(TransportSettings {
+            app_id: ctx.app_id().to_owned(),
+            client,
+            auth,
+            max_connections: config.max_connections,
+            retry: config.retry,
+            fcm_options: config.fcm_options,
+            send_badge_counts: config.send_badge_counts,
+            fallback_user_agent: ctx.host().user_agent.is_empty(),
+            metrics: ctx.metrics(),
+        });
+        Ok(GcmPushkin { transport })
+    }
+
+    async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
+        self.transport.dispatch(notification).await
+    }
+}
+
+sygnal_plugin_api::export_pushkin!(GcmPushkin);

@@ -1,0 +1,236 @@
+//! Request bodies, built without any I/O so every rule is unit-tested.
+//!
+//! The rules are Sygnal's `_build_data` and request assembly, with one deliberate improvement:
+//! for v1 every data value is a string (FCM v1's `data` is a `map<string, string>` and refuses
+//! anything else), including values taken from a pusher's `default_payload`.
+
+use serde_json::{Map, Value};
+use sygnal_plugin_api::text::truncate_with_ellipsis;
+use sygnal_plugin_api::{Device, JsonObject, Notification};
+
+/// Longest string field, in bytes, before it is cut (Sygnal's `MAX_BYTES_PER_FIELD`).
+pub const MAX_BYTES_PER_FIELD: usize = 1024;
+
+/// More cut fields than this and the message likely exceeds FCM's 4096-byte limit
+/// (Sygnal: 4096 / 1024 - 1).
+pub const MAX_OVERFLOW_FIELDS: usize = 3;
+
+/// The notification fields copied into the data, in Sygnal's order.
+const FIELDS: [&str; 9] = [
+    "event_id",
+    "type",
+    "sender",
+    "room_name",
+    "room_alias",
+    "membership",
+    "sender_display_name",
+    "content",
+    "room_id",
+];
+
+/// Which FCM API a body is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/fcm/send`: data values keep their JSON types, `content` stays an object.
+    Legacy,
+    /// `/v1/projects/*/messages:send`: data is a flat string-to-string map.
+    V1,
+}
+
+/// What building the data came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    /// Send this.
+    Send(JsonObject),
+    /// Nothing worth sending (a badge-only update without counts): skip, reject nothing.
+    Nothing,
+    /// The pusher's `default_payload` is not an object: reject its pushkey, as Sygnal does.
+    BadDefaultPayload,
+}
+
+/// Builds the `data` for `device` from `notification`.
+pub fn build_data(
+    notification: &Notification,
+    device: &Device,
+    api: ApiVersion,
+    send_badge_counts: bool,
+) -> Data {
+    let mut data = JsonObject::new();
+    let mut overflowed = 0;
+
+    match device.data_value("default_payload") {
+        None => {}
+        Some(Value::Object(default)) => data.extend(default.clone()),
+        // Sygnal rejects any other value, `null` included.
+        Some(_) => return Data::BadDefaultPayload,
+    }
+
+    for field in FIELDS {
+        let value = match field {
+            "content" => {
+                if let Some(content) = &notification.content {
+                    data.insert("content".into(), Value::Object(content.clone()));
+                }
+                continue;
+            }
+            "event_id" => &notification.event_id,
+            "type" => &notification.event_type,
+            "sender" => &notification.sender,
+            "room_name" => &notification.room_name,
+            "room_alias" => &notification.room_alias,
+            "membership" => &notification.membership,
+            "sender_display_name" => &notification.sender_display_name,
+            _ => &notification.room_id,
+        };
+        if let Some(text) = value {
+            data.insert(field.into(), truncated(text, &mut overflowed));
+        }
+    }
+
+    if api == ApiVersion::V1 {
+        // Whatever `content` ended up in the data (the notification's, or default_payload's)
+        // becomes content_<key> for its string values; the object itself cannot be sent.
+        if let Some(Value::Object(content)) = data.remove("content") {
+            for (key, value) in content {
+                if let Value::String(text) = value {
+                    let value = truncated(&text, &mut overflowed);
+                    data.insert(format!("content_{key}"), value);
+                }
+            }
+        }
+    }
+
+    let prio = if notification.is_low_priority() {
+        "normal"
+    } else {
+        "high"
+    };
+    data.insert("prio".into(), prio.into());
+
+    // Sygnal sends a count only when it is non-zero: a zero unread count alone does not wake
+    // the device (Synapse sends one on every read receipt).
+    let mut counts = Map::new();
+    if send_badge_counts {
+        let present = [
+            ("unread", notification.counts.unread),
+            ("missed_calls", notification.counts.missed_calls),
+        ];
+        for (name, count) in present {
+            if let Some(count) = count.filter(|c| *c != 0) {
+                let value = match api {
+                    ApiVersion::Legacy => Value::from(count),
+                    ApiVersion::V1 => Value::from(count.to_string()),
+                };
+                counts.insert(name.to_owned(), value);
+            }
+        }
+    }
+
+    if !truthy(data.get("room_id")) && !truthy(data.get("event_id")) && counts.is_empty() {
+        sygnal_plugin_api::tracing::info!(
+            "notification is badge-only but has no badge counts to send: not sent \
+             (check send_badge_counts if this is unexpected)"
+        );
+        return Data::Nothing;
+    }
+    data.extend(counts);
+
+    if api == ApiVersion::V1 {
+        stringify_values(&mut data);
+    }
+
+    if overflowed > MAX_OVERFLOW_FIELDS {
+        sygnal_plugin_api::tracing::warn!(
+            overflowed,
+            "payload has too many overflowing fields; Firebase will likely refuse it"
+        );
+    }
+    Data::Send(data)
+}
+
+/// `text` cut to [`MAX_BYTES_PER_FIELD`], counting cuts in `overflowed`.
+fn truncated(text: &str, overflowed: &mut usize) -> Value {
+    match truncate_with_ellipsis(text, MAX_BYTES_PER_FIELD) {
+        std::borrow::Cow::Borrowed(whole) => Value::String(whole.to_owned()),
+        std::borrow::Cow::Owned(cut) => {
+            *overflowed += 1;
+            Value::String(cut)
+        }
+    }
+}
+
+/// Python truthiness, which Sygnal's "anything to say?" check relies on.
+fn truthy(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+/// Makes every value a string: strings stay, anything else becomes its JSON text.
+fn stringify_values(data: &mut JsonObject) {
+    for value in data.values_mut() {
+        if !value.is_string() {
+            *value = Value::String(value.to_string());
+        }
+    }
+}
+
+/// The FCM priority for the notification's `prio`.
+fn priority(low_priority: bool) -> &'static str {
+    if low_priority {
+        "normal"
+    } else {
+        "high"
+    }
+}
+
+/// The legacy body without recipients: `fcm_options`, then `data` and `priority`.
+///
+/// Recipients change between retries, so [`with_recipients`] adds them per attempt.
+pub fn legacy_body(fcm_options: &JsonObject, data: JsonObject, low_priority: bool) -> JsonObject {
+    let mut body = fcm_options.clone();
+    body.insert("data".into(), Value::Object(data));
+    body.insert("priority".into(), priority(low_priority).into());
+    body
+}
+
+/// `body` addressed to `pushkeys`: `to` for one, `registration_ids` for several.
+pub fn with_recipients(body: &JsonObject, pushkeys: &[String]) -> JsonObject {
+    let mut body = body.clone();
+    body.remove("to");
+    body.remove("registration_ids");
+    match pushkeys {
+        [one] => body.insert("to".into(), one.clone().into()),
+        many => body.insert("registration_ids".into(), many.to_vec().into()),
+    };
+    body
+}
+
+/// The v1 body for one device: `{"message": {...fcm_options, token, data, android.priority}}`.
+pub fn v1_body(
+    fcm_options: &JsonObject,
+    data: JsonObject,
+    low_priority: bool,
+    token: &str,
+) -> Value {
+    let mut message = fcm_options.clone();
+    message.insert("data".into(), Value::Object(data));
+    let mut android = match message.remove("android") {
+        Some(Value::Object(android)) => android,
+        // Config validation refuses a non-object `android`; never panic on it anyway.
+        _ => JsonObject::new(),
+    };
+    android.insert("priority".into(), priority(low_priority).into());
+    message.insert("android".into(), Value::Object(android));
+    message.insert("token".into(), token.into());
+    serde_json::json!({ "message": message })
+}
+
+#[cfg(test)]
+#[path = "payload_tests.rs"]
+mod tests;

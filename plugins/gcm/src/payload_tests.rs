@@ -1,0 +1,352 @@
+//! Unit tests for payload.rs: every data and body rule, field by field.
+
+use super::*;
+use serde_json::json;
+
+fn notification(value: Value) -> Notification {
+    serde_json::from_value(value).expect("test notification")
+}
+
+fn device(data: Value) -> Device {
+    serde_json::from_value(json!({"app_id": "com.example", "pushkey": "tok", "data": data}))
+        .expect("test device")
+}
+
+fn full() -> Notification {
+    notification(json!({
+        "event_id": "$ev", "type": "m.room.message", "sender": "@alice:hs",
+        "room_name": "Room", "room_alias": "#room:hs", "membership": "invite",
+        "sender_display_name": "Alice", "room_id": "!room:hs", "prio": "high",
+        "content": {"body": "hello", "msgtype": "m.text", "n": 3, "nested": {"a": 1}},
+        "counts": {"unread": 2, "missed_calls": 1},
+        "user_is_target": true,
+    }))
+}
+
+fn sent(data: Data) -> JsonObject {
+    match data {
+        Data::Send(data) => data,
+        other => panic!("expected data to send, got {other:?}"),
+    }
+}
+
+#[test]
+fn legacy_data_keeps_types_and_content_object() {
+    let data = sent(build_data(
+        &full(),
+        &device(json!({})),
+        ApiVersion::Legacy,
+        true,
+    ));
+    let expected = json!({
+        "event_id": "$ev", "type": "m.room.message", "sender": "@alice:hs",
+        "room_name": "Room", "room_alias": "#room:hs", "membership": "invite",
+        "sender_display_name": "Alice", "room_id": "!room:hs",
+        "content": {"body": "hello", "msgtype": "m.text", "n": 3, "nested": {"a": 1}},
+        "prio": "high", "unread": 2, "missed_calls": 1,
+    });
+    assert_eq!(Value::Object(data), expected);
+}
+
+#[test]
+fn v1_data_is_all_strings_with_flattened_content() {
+    let data = sent(build_data(
+        &full(),
+        &device(json!({})),
+        ApiVersion::V1,
+        true,
+    ));
+    let expected = json!({
+        "event_id": "$ev", "type": "m.room.message", "sender": "@alice:hs",
+        "room_name": "Room", "room_alias": "#room:hs", "membership": "invite",
+        "sender_display_name": "Alice", "room_id": "!room:hs",
+        "content_body": "hello", "content_msgtype": "m.text",
+        "prio": "high", "unread": "2", "missed_calls": "1",
+    });
+    assert_eq!(Value::Object(data), expected);
+}
+
+#[test]
+fn low_priority_maps_to_normal() {
+    let mut n = full();
+    n.prio = Some("low".into());
+    for api in [ApiVersion::Legacy, ApiVersion::V1] {
+        let data = sent(build_data(&n, &device(json!({})), api, true));
+        assert_eq!(data["prio"], "normal");
+    }
+    n.prio = None;
+    let data = sent(build_data(&n, &device(json!({})), ApiVersion::V1, true));
+    assert_eq!(data["prio"], "high", "absent prio is high");
+}
+
+#[test]
+fn default_payload_comes_first_and_notification_fields_win() {
+    let pusher = device(json!({"default_payload": {
+        "room_id": "!overridden", "cs": "client-secret-ish", "n": 7, "flag": true, "obj": {"x": 1}
+    }}));
+    let legacy = sent(build_data(&full(), &pusher, ApiVersion::Legacy, true));
+    assert_eq!(legacy["room_id"], "!room:hs");
+    assert_eq!(legacy["cs"], "client-secret-ish");
+    assert_eq!(legacy["n"], 7);
+    assert_eq!(legacy["flag"], true);
+    assert_eq!(legacy["obj"], json!({"x": 1}));
+
+    let v1 = sent(build_data(&full(), &pusher, ApiVersion::V1, true));
+    assert_eq!(v1["room_id"], "!room:hs");
+    assert_eq!(v1["cs"], "client-secret-ish");
+    assert_eq!(v1["n"], "7");
+    assert_eq!(v1["flag"], "true");
+    assert_eq!(v1["obj"], r#"{"x":1}"#);
+}
+
+#[test]
+fn default_payload_alone_does_not_make_a_badge_update_sendable() {
+    let badge = notification(json!({"counts": {"unread": 0}}));
+    let pusher = device(json!({"default_payload": {"aps": "x"}}));
+    assert_eq!(
+        build_data(&badge, &pusher, ApiVersion::V1, true),
+        Data::Nothing
+    );
+    // ...but a room_id in it does, as in Sygnal (it checks the merged data).
+    let pusher = device(json!({"default_payload": {"room_id": "!r"}}));
+    let data = sent(build_data(&badge, &pusher, ApiVersion::V1, true));
+    assert_eq!(
+        Value::Object(data),
+        json!({"room_id": "!r", "prio": "high"})
+    );
+}
+
+#[test]
+fn v1_flattens_a_default_payload_content_object_too() {
+    let n = notification(json!({"event_id": "$e"}));
+    let pusher = device(json!({"default_payload": {"content": {"k": "v", "n": 1}}}));
+    let data = sent(build_data(&n, &pusher, ApiVersion::V1, true));
+    assert_eq!(
+        Value::Object(data),
+        json!({"event_id": "$e", "content_k": "v", "prio": "high"})
+    );
+}
+
+#[test]
+fn misconfigured_default_payload_is_rejected() {
+    for bad in [json!("text"), json!([1]), json!(null), json!(3)] {
+        let pusher = device(json!({ "default_payload": bad }));
+        for api in [ApiVersion::Legacy, ApiVersion::V1] {
+            assert_eq!(
+                build_data(&full(), &pusher, api, true),
+                Data::BadDefaultPayload,
+                "{bad}"
+            );
+        }
+    }
+    // No data at all, or data without default_payload, is fine.
+    let bare: Device = serde_json::from_value(json!({"app_id": "a", "pushkey": "k"})).unwrap();
+    assert!(matches!(
+        build_data(&full(), &bare, ApiVersion::V1, true),
+        Data::Send(_)
+    ));
+}
+
+#[test]
+fn long_strings_are_cut_at_1024_bytes_with_an_ellipsis() {
+    let exact = "a".repeat(1024);
+    let long = "b".repeat(1500);
+    // 1020 ASCII bytes, then 3-byte characters straddling the 1021-byte cut point.
+    let multibyte = format!("{}{}", "c".repeat(1020), "€".repeat(10));
+    let n = notification(json!({
+        "event_id": "$e", "room_name": exact, "sender_display_name": long,
+        "room_alias": multibyte, "content": {"body": "d".repeat(2000)},
+    }));
+    let legacy = sent(build_data(&n, &device(json!({})), ApiVersion::Legacy, true));
+    assert_eq!(legacy["room_name"], exact.as_str());
+    let cut = legacy["sender_display_name"].as_str().unwrap();
+    assert_eq!(cut, format!("{}…", "b".repeat(1021)));
+    assert_eq!(cut.len(), 1024);
+    let cut = legacy["room_alias"].as_str().unwrap();
+    assert_eq!(cut, format!("{}…", "c".repeat(1020)));
+    // Legacy keeps the content object as it came (Sygnal does not cut inside it).
+    assert_eq!(legacy["content"]["body"].as_str().unwrap().len(), 2000);
+
+    let v1 = sent(build_data(&n, &device(json!({})), ApiVersion::V1, true));
+    let body = v1["content_body"].as_str().unwrap();
+    assert_eq!(body, format!("{}…", "d".repeat(1021)));
+    assert_eq!(v1["sender_display_name"], legacy["sender_display_name"]);
+}
+
+#[test]
+fn send_badge_counts_false_leaves_counts_out() {
+    for api in [ApiVersion::Legacy, ApiVersion::V1] {
+        let data = sent(build_data(&full(), &device(json!({})), api, false));
+        assert!(!data.contains_key("unread") && !data.contains_key("missed_calls"));
+        assert_eq!(data["event_id"], "$ev");
+    }
+}
+
+#[test]
+fn badge_only_updates_follow_sygnal() {
+    let badge = |counts: Value| {
+        notification(json!({"id": "", "type": null, "sender": "", "counts": counts}))
+    };
+    // Nothing to say: not sent.
+    for counts in [
+        json!({"unread": 0}),
+        json!({}),
+        json!({"unread": 0, "missed_calls": 0}),
+    ] {
+        assert_eq!(
+            build_data(
+                &badge(counts.clone()),
+                &device(json!({})),
+                ApiVersion::V1,
+                true
+            ),
+            Data::Nothing,
+            "{counts}"
+        );
+    }
+    // A non-zero count is worth sending...
+    let legacy = sent(build_data(
+        &badge(json!({"unread": 4})),
+        &device(json!({})),
+        ApiVersion::Legacy,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(legacy),
+        json!({"sender": "", "prio": "high", "unread": 4})
+    );
+    let v1 = sent(build_data(
+        &badge(json!({"missed_calls": 1})),
+        &device(json!({})),
+        ApiVersion::V1,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(v1),
+        json!({"sender": "", "prio": "high", "missed_calls": "1"})
+    );
+    // ...unless counts are switched off.
+    assert_eq!(
+        build_data(
+            &badge(json!({"unread": 4})),
+            &device(json!({})),
+            ApiVersion::V1,
+            false
+        ),
+        Data::Nothing
+    );
+    // An empty event_id is no event.
+    let empty_event = notification(json!({"event_id": "", "room_id": ""}));
+    assert_eq!(
+        build_data(&empty_event, &device(json!({})), ApiVersion::Legacy, true),
+        Data::Nothing
+    );
+    // A room id alone is enough.
+    let room_only = notification(json!({"room_id": "!r"}));
+    assert!(matches!(
+        build_data(&room_only, &device(json!({})), ApiVersion::Legacy, false),
+        Data::Send(_)
+    ));
+}
+
+#[test]
+fn real_synapse_bodies() {
+    let captured: Value = serde_json::from_str(include_str!(
+        "../../../tests/data/synapse-notify-bodies.json"
+    ))
+    .unwrap();
+    let bodies: Vec<Notification> = captured
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| serde_json::from_value(entry["body"]["notification"].clone()).unwrap())
+        .collect();
+    let [full, event_id_only, badge] = bodies.as_slice() else {
+        panic!("expected three captured bodies")
+    };
+    let v1 = sent(build_data(full, &full.devices[0], ApiVersion::V1, true));
+    assert_eq!(
+        Value::Object(v1),
+        json!({
+            "event_id": "$LCA5sbLCYlwxwO-nFVAVvEtefuHxGZ8dOUdGVHu5u4U",
+            "type": "m.room.message", "sender": "@e2e_sender:localhost",
+            "room_name": "push e2e", "sender_display_name": "e2e_sender",
+            "content_body": "e2e push test 1795706932", "content_msgtype": "m.text",
+            "room_id": "!F0e71EYMcxyjqoh7pZ74UNuiXZk2tbxMFppQvkzRPoE",
+            "prio": "high", "unread": "1",
+        })
+    );
+    let legacy = sent(build_data(
+        event_id_only,
+        &event_id_only.devices[0],
+        ApiVersion::Legacy,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(legacy),
+        json!({
+            "event_id": "$jFlYVIFuitEfqDRKzev7eCM4XCBkL-nQ0gYwflh3wZ8",
+            "room_id": "!_3Zl3QKyURPMqBx2_W6qGIhtj-A3NzqUERzZPwkwRmc",
+            "prio": "high", "unread": 2,
+        })
+    );
+    assert_eq!(
+        build_data(badge, &badge.devices[0], ApiVersion::V1, true),
+        Data::Nothing
+    );
+}
+
+#[test]
+fn legacy_body_merges_options_and_addresses_recipients() {
+    let options =
+        json!({"time_to_live": 60, "priority": "ignored", "data": {"lost": 1}, "to": "stale"});
+    let options = options.as_object().unwrap().clone();
+    let data = json!({"event_id": "$e"}).as_object().unwrap().clone();
+    let body = legacy_body(&options, data, true);
+
+    let one = with_recipients(&body, &["k1".to_owned()]);
+    assert_eq!(
+        Value::Object(one),
+        json!({"time_to_live": 60, "priority": "normal", "data": {"event_id": "$e"}, "to": "k1"})
+    );
+    let many = with_recipients(&body, &["k1".to_owned(), "k2".to_owned()]);
+    assert_eq!(
+        Value::Object(many.clone()),
+        json!({"time_to_live": 60, "priority": "normal", "data": {"event_id": "$e"},
+               "registration_ids": ["k1", "k2"]})
+    );
+    // A retry for one remaining key switches back to `to`.
+    let retry = with_recipients(&many, &["k2".to_owned()]);
+    assert_eq!(retry["to"], "k2");
+    assert!(!retry.contains_key("registration_ids"));
+    let high = legacy_body(&JsonObject::new(), JsonObject::new(), false);
+    assert_eq!(high["priority"], "high");
+}
+
+#[test]
+fn v1_body_wraps_the_message_and_merges_android_options() {
+    let options = json!({
+        "android": {"ttl": "60s", "priority": "normal", "collapse_key": "c"},
+        "apns": {"headers": {"apns-priority": "10"}},
+        "fcm_options": {"analytics_label": "x"},
+        "token": "stale", "data": {"lost": "1"},
+    });
+    let options = options.as_object().unwrap().clone();
+    let data = json!({"event_id": "$e"}).as_object().unwrap().clone();
+    let body = v1_body(&options, data, false, "device-token");
+    assert_eq!(
+        body,
+        json!({"message": {
+            "android": {"ttl": "60s", "priority": "high", "collapse_key": "c"},
+            "apns": {"headers": {"apns-priority": "10"}},
+            "fcm_options": {"analytics_label": "x"},
+            "token": "device-token",
+            "data": {"event_id": "$e"},
+        }})
+    );
+    let plain = v1_body(&JsonObject::new(), JsonObject::new(), true, "t");
+    assert_eq!(
+        plain,
+        json!({"message": {"android": {"priority": "normal"}, "token": "t", "data": {}}})
+    );
+}

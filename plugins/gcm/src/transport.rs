@@ -1,0 +1,436 @@
+//! Sending to FCM: the legacy batch request, v1's per-device requests, retries, the
+//! `max_connections` limit and Sygnal's metrics.
+
+use crate::oauth::{error_chain, TokenSource};
+use crate::payload::{self, ApiVersion, Data};
+use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome, V1Outcome};
+use futures_util::future::join_all;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use sygnal_plugin_api::http::reqwest::{self, header};
+use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
+use sygnal_plugin_api::tracing::{info, warn};
+use sygnal_plugin_api::{JsonObject, Labels, Metrics, Notification, PushError};
+use tokio::sync::Semaphore;
+
+/// FCM answers are small, but a legacy batch has one result per device.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Sygnal waits 60 s (doubling) after a 429 when FCM gives no Retry-After, six times its 10 s
+/// default base. Scaling with `retry_delay_base` keeps the default and lets tests run fast.
+const QUOTA_DELAY_FACTOR: u32 = 6;
+
+const QUEUE_TIME: (&str, &str) = (
+    "sygnal_gcm_queue_time",
+    "Time taken waiting for a connection to GCM",
+);
+const REQUEST_TIME: (&str, &str) = (
+    "sygnal_gcm_request_time",
+    "Time taken to send HTTP request to GCM",
+);
+const PENDING: (&str, &str) = (
+    "sygnal_pending_gcm_requests",
+    "Number of GCM requests waiting for a connection",
+);
+const ACTIVE: (&str, &str) = (
+    "sygnal_active_gcm_requests",
+    "Number of GCM requests in flight",
+);
+const STATUS_CODES: (&str, &str) = (
+    "sygnal_gcm_status_codes",
+    "Number of HTTP response status codes received from GCM",
+);
+
+/// How requests are authorised.
+pub enum Auth {
+    /// Legacy: `Authorization: key=<api_key>` to `{endpoint}/fcm/send`.
+    Legacy {
+        /// The full header value. Secret.
+        header: String,
+        /// The send URL.
+        url: String,
+    },
+    /// v1: a bearer token from the service account to `{endpoint}/v1/projects/{id}/messages:send`.
+    V1 {
+        /// Where tokens come from.
+        tokens: TokenSource,
+        /// The send URL.
+        url: String,
+    },
+}
+
+/// An HTTP answer, read in full.
+struct Response {
+    status: u16,
+    headers: header::HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Everything needed to deliver notifications for one app.
+pub struct Transport {
+    client: reqwest::Client,
+    auth: Auth,
+    slots: Semaphore,
+    retry: RetryPolicy,
+    fcm_options: JsonObject,
+    send_badge_counts: bool,
+    /// Sent when the host gave no User-Agent (the client sets the host's otherwise).
+    fallback_user_agent: bool,
+    metrics: Metrics,
+    pushkin_labels: Labels,
+}
+
+/// Adds `delta` to a gauge now and takes it back when dropped, so cancelled requests
+/// (the host dropped the dispatch) do not leave gauges off.
+struct GaugeGuard<'a> {
+    metrics: &'a Metrics,
+    gauge: (&'static str, &'static str),
+}
+
+impl<'a> GaugeGuard<'a> {
+    fn new(metrics: &'a Metrics, gauge: (&'static str, &'static str)) -> Self {
+        metrics.gauge_add(gauge.0, gauge.1, &Labels::default(), 1.0);
+        GaugeGuard { metrics, gauge }
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge_add(self.gauge.0, self.gauge.1, &Labels::default(), -1.0);
+    }
+}
+
+/// What building a transport needs (see [`Transport::new`]).
+pub struct TransportSettings {
+    /// The app, for metric labels.
+    pub app_id: String,
+    /// The shared client (proxy and trust roots already applied).
+    pub client: reqwest::Client,
+    /// Credentials and URL.
+    pub auth: Auth,
+    /// `max_connections`.
+    pub max_connections: usize,
+    /// `max_tries` / `retry_delay_base`.
+    pub retry: RetryPolicy,
+    /// `fcm_options`.
+    pub fcm_options: JsonObject,
+    /// `send_badge_counts`.
+    pub send_badge_counts: bool,
+    /// True when the host configured no User-Agent.
+    pub fallback_user_agent: bool,
+    /// The host's metrics.
+    pub metrics: Metrics,
+}
+
+impl Transport {
+    /// A transport for one app.
+    pub fn new(settings: TransportSettings) -> Self {
+        Transport {
+            client: settings.client,
+            auth: settings.auth,
+            slots: Semaphore::new(settings.max_connections),
+            retry: settings.retry,
+            fcm_options: settings.fcm_options,
+            send_badge_counts: settings.send_badge_counts,
+            fallback_user_agent: settings.fallback_user_agent,
+            metrics: settings.metrics,
+            pushkin_labels: Labels::new(&[("pushkin", &settings.app_id)]),
+        }
+    }
+
+    /// Delivers `notification` to its devices; returns the rejected pushkeys.
+    pub async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
+        if notification.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.auth {
+            Auth::Legacy { header, url } => self.dispatch_legacy(notification, header, url).await,
+            Auth::V1 { tokens, url } => self.dispatch_v1(notification, tokens, url).await,
+        }
+    }
+
+    /// One request for all devices; per-result failures retried for just those pushkeys.
+    async fn dispatch_legacy(
+        &self,
+        notification: &Notification,
+        authorization: &str,
+        url: &str,
+    ) -> Result<Vec<String>, PushError> {
+        let pushkeys: Vec<String> = notification
+            .devices
+            .iter()
+            .map(|d| d.pushkey.clone())
+            .collect();
+        // One body for all devices, so the first device's pusher data decides it (as Sygnal).
+        let first = &notification.devices[0];
+        let data = match payload::build_data(
+            notification,
+            first,
+            ApiVersion::Legacy,
+            self.send_badge_counts,
+        ) {
+            Data::Send(data) => data,
+            Data::Nothing => return Ok(Vec::new()),
+            Data::BadDefaultPayload => {
+                warn!("rejecting pushkeys: default_payload must be an object");
+                return Ok(pushkeys);
+            }
+        };
+        let body = payload::legacy_body(&self.fcm_options, data, notification.is_low_priority());
+
+        struct Progress {
+            pending: Vec<String>,
+            rejected: Vec<String>,
+        }
+        let progress = Mutex::new(Progress {
+            pending: pushkeys,
+            rejected: Vec::new(),
+        });
+
+        let outcome = retry(&self.retry, |try_number| {
+            let (progress, body) = (&progress, &body);
+            async move {
+                let pending = lock(progress).pending.clone();
+                info!(
+                    try_number,
+                    devices = pending.len(),
+                    "sending to FCM (legacy)"
+                );
+                let request = payload::with_recipients(body, &pending);
+                let response = match self.post(url, authorization, &request).await {
+                    Ok(response) => response,
+                    Err(reason) => {
+                        return Ok(Attempt::Retry {
+                            reason,
+                            retry_after: None,
+                        })
+                    }
+                };
+                match classify_legacy(response.status, &response.body, &pending) {
+                    LegacyOutcome::Processed { rejected, retry } => {
+                        let mut progress = lock(progress);
+                        progress.rejected.extend(rejected);
+                        progress.pending = retry;
+                        if progress.pending.is_empty() {
+                            Ok(Attempt::Done(()))
+                        } else {
+                            Ok(Attempt::Retry {
+                                reason: format!(
+                                    "{} device(s) failed temporarily",
+                                    progress.pending.len()
+                                ),
+                                retry_after: None,
+                            })
+                        }
+                    }
+                    LegacyOutcome::Retry(reason) => Ok(Attempt::Retry {
+                        reason,
+                        retry_after: retry_after(&response.headers),
+                    }),
+                    LegacyOutcome::Permanent(message) => Err(PushError::permanent(message)),
+                }
+            }
+        })
+        .await;
+        let progress = progress
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match outcome {
+            Ok(()) => Ok(progress.rejected),
+            Err(err) => {
+                let hints: Vec<String> = progress.pending.iter().map(|k| pushkey_hint(k)).collect();
+                warn!(pending = ?hints, error = %err.message, "gave up on FCM delivery");
+                Err(err)
+            }
+        }
+    }
+
+    /// One request per device, concurrently (bounded by `max_connections`).
+    async fn dispatch_v1(
+        &self,
+        notification: &Notification,
+        tokens: &TokenSource,
+        url: &str,
+    ) -> Result<Vec<String>, PushError> {
+        let sends = notification
+            .devices
+            .iter()
+            .map(|device| self.send_v1(notification, device, tokens, url));
+        let results = join_all(sends).await;
+        let mut rejected = Vec::new();
+        let mut failure: Option<PushError> = None;
+        for (device, result) in notification.devices.iter().zip(results) {
+            match result {
+                Ok(true) => rejected.push(device.pushkey.clone()),
+                Ok(false) => {}
+                // A permanent failure says more about the configuration than a temporary one.
+                Err(err) => {
+                    if failure
+                        .as_ref()
+                        .is_none_or(|f| f.temporary && !err.temporary)
+                    {
+                        failure = Some(err);
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(rejected),
+        }
+    }
+
+    /// Sends to one device; `Ok(true)` when its pushkey is rejected.
+    async fn send_v1(
+        &self,
+        notification: &Notification,
+        device: &sygnal_plugin_api::Device,
+        tokens: &TokenSource,
+        url: &str,
+    ) -> Result<bool, PushError> {
+        let hint = pushkey_hint(&device.pushkey);
+        let data =
+            match payload::build_data(notification, device, ApiVersion::V1, self.send_badge_counts)
+            {
+                Data::Send(data) => data,
+                Data::Nothing => return Ok(false),
+                Data::BadDefaultPayload => {
+                    warn!(pushkey = %hint, "rejecting pushkey: default_payload must be an object");
+                    return Ok(true);
+                }
+            };
+        let body = payload::v1_body(
+            &self.fcm_options,
+            data,
+            notification.is_low_priority(),
+            &device.pushkey,
+        );
+
+        retry(&self.retry, |try_number| {
+            let (body, hint) = (&body, &hint);
+            async move {
+                let token = match tokens.token().await {
+                    Ok(token) => token,
+                    Err(err) if err.temporary => {
+                        return Ok(Attempt::Retry {
+                            reason: err.message,
+                            retry_after: None,
+                        })
+                    }
+                    Err(err) => return Err(PushError::permanent(err.message)),
+                };
+                info!(try_number, pushkey = %hint, "sending to FCM (v1)");
+                let authorization = format!("Bearer {token}");
+                let response = match self.post(url, &authorization, body).await {
+                    Ok(response) => response,
+                    Err(reason) => {
+                        return Ok(Attempt::Retry {
+                            reason,
+                            retry_after: None,
+                        })
+                    }
+                };
+                match classify_v1(response.status, &response.body) {
+                    V1Outcome::Delivered => Ok(Attempt::Done(false)),
+                    V1Outcome::Rejected(reason) => {
+                        info!(pushkey = %hint, %reason, "FCM rejected the token");
+                        Ok(Attempt::Done(true))
+                    }
+                    V1Outcome::Retry { reason, quota } => {
+                        let quota_delay =
+                            quota.then(|| self.retry.backoff(try_number) * QUOTA_DELAY_FACTOR);
+                        Ok(Attempt::Retry {
+                            reason,
+                            retry_after: retry_after(&response.headers).or(quota_delay),
+                        })
+                    }
+                    V1Outcome::Unauthorized(message) => {
+                        // Maybe revoked early: make the next push fetch a fresh token.
+                        tokens.invalidate(&token).await;
+                        Err(PushError::permanent(message))
+                    }
+                    V1Outcome::Permanent(message) => Err(PushError::permanent(message)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// POSTs `body` as JSON, waiting for a connection slot first; a transport failure is `Err`.
+    async fn post(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<Response, String> {
+        let body =
+            serde_json::to_vec(body).map_err(|err| format!("cannot encode the request: {err}"))?;
+
+        let queued = Instant::now();
+        let permit = {
+            let _pending = GaugeGuard::new(&self.metrics, PENDING);
+            self.slots.acquire().await
+        };
+        self.observe(QUEUE_TIME, queued.elapsed());
+        // The semaphore is never closed; this is not expected to fail.
+        let _permit = permit.map_err(|_| "the connection limiter is closed".to_owned())?;
+
+        let started = Instant::now();
+        let _active = GaugeGuard::new(&self.metrics, ACTIVE);
+        let mut request = self
+            .client
+            .post(url)
+            .header(header::AUTHORIZATION, authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if self.fallback_user_agent {
+            request = request.header(header::USER_AGENT, "sygnal");
+        }
+        let result = async {
+            let response = request
+                .send()
+                .await
+                .map_err(|err| format!("FCM request failed: {}", error_chain(&err)))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = read_body_limited(response, MAX_RESPONSE_BYTES).await?;
+            Ok::<_, String>(Response {
+                status,
+                headers,
+                body,
+            })
+        }
+        .await;
+        self.observe(REQUEST_TIME, started.elapsed());
+        if let Ok(response) = &result {
+            let labels = self
+                .pushkin_labels
+                .with("code", &response.status.to_string());
+            self.metrics
+                .counter_add(STATUS_CODES.0, STATUS_CODES.1, &labels, 1.0);
+        }
+        result
+    }
+
+    fn observe(&self, histogram: (&str, &str), elapsed: Duration) {
+        self.metrics.histogram_observe(
+            histogram.0,
+            histogram.1,
+            &Labels::default(),
+            elapsed.as_secs_f64(),
+        );
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: the guarded data stays consistent between statements.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The shared header value for a legacy API key.
+pub fn legacy_authorization(api_key: &str) -> String {
+    format!("key={api_key}")
+}
