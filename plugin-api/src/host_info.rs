@@ -60,7 +60,13 @@ mod tests {
 
     #[test]
     fn redacts_proxy_credentials() {
-        assert_eq!(redact_url_credentials("http://u:secret@proxy:3128"), "http://***@proxy:3128");
-        assert_eq!(redact_url_credentials("http://proxy:3128"), "http://proxy:3128");
+        assert_eq!(
+            redact_url_credentials("http://u:secret@proxy:3128"),
+            "http://***@proxy:3128"
+        );
+        assert_eq!(
+            redact_url_credentials("http://proxy:3128"),
+            "http://proxy:3128"
+        );
     }
 }

@@ -11,7 +11,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use reqwest;
@@ -108,6 +107,16 @@ pub fn tls_config(
 
 /// A reqwest client honouring the host's proxy and trust roots. Redirects are never followed.
 pub fn build_client(host: &HostInfo, options: &ClientOptions) -> Result<reqwest::Client, String> {
+    client_builder(host, options)?
+        .build()
+        .map_err(|err| format!("cannot build the HTTP client: {err}"))
+}
+
+/// The builder behind [`build_client`], for pushkins that customise more (a DNS resolver, say).
+pub fn client_builder(
+    host: &HostInfo,
+    options: &ClientOptions,
+) -> Result<reqwest::ClientBuilder, String> {
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config(host, options)?)
         .redirect(reqwest::redirect::Policy::none())
@@ -132,9 +141,7 @@ pub fn build_client(host: &HostInfo, options: &ClientOptions) -> Result<reqwest:
     if options.http2_only {
         builder = builder.http2_adaptive_window(true);
     }
-    builder
-        .build()
-        .map_err(|err| format!("cannot build the HTTP client: {err}"))
+    Ok(builder)
 }
 
 /// The retry settings every HTTP pushkin reads from its app section.
@@ -243,7 +250,11 @@ where
 
 /// The `Retry-After` header as a delay: delta-seconds, or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -297,9 +308,6 @@ pub async fn read_body_limited(
     Ok(body)
 }
 
-/// A cheap shared handle on a client; clone freely.
-pub type SharedClient = Arc<reqwest::Client>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +348,10 @@ mod tests {
             httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(784_111_777)
         );
-        headers.insert("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+        headers.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&headers), Some(Duration::ZERO));
     }
 
@@ -384,6 +395,8 @@ mod tests {
 
     #[test]
     fn identity_pem_needs_certificate_and_key() {
-        assert!(parse_identity_pem(b"").unwrap_err().contains("no certificate"));
+        assert!(parse_identity_pem(b"")
+            .unwrap_err()
+            .contains("no certificate"));
     }
 }

@@ -48,7 +48,7 @@ pub mod text;
 #[cfg(feature = "http")]
 pub mod http;
 
-pub use host_info::{HostInfo, PluginInfo};
+pub use host_info::{redact_url_credentials, HostInfo, PluginInfo};
 pub use metrics::{Labels, Metrics};
 pub use notification::{Counts, Device, JsonObject, Notification, Tweaks};
 pub use sdk::{PushError, Pushkin, PushkinContext};
@@ -61,8 +61,8 @@ pub use tracing;
 pub mod __private {
     pub use crate::sdk::root_module;
     pub use abi_stable::library::{
-        CheckTypeLayout, IntoRootModuleResult, LibHeader, RootModuleResult,
-        __call_root_module_loader,
+        __call_root_module_loader, CheckTypeLayout, IntoRootModuleResult, LibHeader,
+        RootModuleResult,
     };
 }
 
@@ -82,8 +82,7 @@ macro_rules! export_pushkin {
         #[doc(hidden)]
         #[unsafe(no_mangle)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader = {
-            pub extern "C" fn __sygnal_erased_root_module() -> $crate::__private::RootModuleResult
-            {
+            pub extern "C" fn __sygnal_erased_root_module() -> $crate::__private::RootModuleResult {
                 $crate::__private::__call_root_module_loader(__sygnal_pushkin_root_module)
             }
             unsafe {

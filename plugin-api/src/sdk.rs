@@ -82,7 +82,11 @@ impl PushError {
 
 impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = if self.temporary { "temporary" } else { "permanent" };
+        let kind = if self.temporary {
+            "temporary"
+        } else {
+            "permanent"
+        };
         write!(f, "{kind} failure: {}", self.message)
     }
 }
@@ -120,7 +124,11 @@ impl PushkinContext {
         let ignoring = serde_ignored_keys(value, &mut unknown);
         let parsed = ignoring.map_err(|err| {
             let path = err.path().to_string();
-            let key = if path == "." { String::new() } else { format!(".{path}") };
+            let key = if path == "." {
+                String::new()
+            } else {
+                format!(".{path}")
+            };
             format!("apps.{}{key}: {}", self.app_id, err.inner())
         })?;
         for key in unknown
@@ -248,15 +256,23 @@ extern "C" fn new_pushkin<P: Pushkin>(
     app_id: RStr<'_>,
     config_json: RStr<'_>,
 ) -> RResult<PushkinBox, RString> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| construct::<P>(host, app_id, config_json)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        construct::<P>(host, app_id, config_json)
+    }));
     match outcome {
         Ok(Ok(pushkin)) => ROk(pushkin),
         Ok(Err(message)) => RErr(message.into()),
-        Err(payload) => RErr(format!("pushkin constructor panicked: {}", panic_message(&*payload)).into()),
+        Err(payload) => {
+            RErr(format!("pushkin constructor panicked: {}", panic_message(&*payload)).into())
+        }
     }
 }
 
-fn construct<P: Pushkin>(host: HostCtx, app_id: RStr<'_>, config_json: RStr<'_>) -> Result<PushkinBox, String> {
+fn construct<P: Pushkin>(
+    host: HostCtx,
+    app_id: RStr<'_>,
+    config_json: RStr<'_>,
+) -> Result<PushkinBox, String> {
     crate::logging::install(host.log, host.max_log_level, P::KIND);
     let host_info: HostInfo = serde_json::from_str(host.host_info_json.as_str())
         .map_err(|err| format!("host information is not valid JSON: {err}"))?;
@@ -310,31 +326,52 @@ impl<P: Pushkin> Adapter<P> {
         notification_json: RStr<'_>,
         devices_json: RStr<'_>,
     ) -> FfiFuture<FfiDispatchResult> {
-        let mut notification: Notification = match serde_json::from_str(notification_json.as_str()) {
+        let mut notification: Notification = match serde_json::from_str(notification_json.as_str())
+        {
             Ok(n) => n,
-            Err(err) => return failed(PushErrorKind::Permanent, format!("invalid notification from host: {err}")),
+            Err(err) => {
+                return failed(
+                    PushErrorKind::Permanent,
+                    format!("invalid notification from host: {err}"),
+                )
+            }
         };
         notification.devices = match serde_json::from_str::<Vec<Device>>(devices_json.as_str()) {
             Ok(devices) => devices,
-            Err(err) => return failed(PushErrorKind::Permanent, format!("invalid devices from host: {err}")),
+            Err(err) => {
+                return failed(
+                    PushErrorKind::Permanent,
+                    format!("invalid devices from host: {err}"),
+                )
+            }
         };
         let pushkin = Arc::clone(&self.inner);
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);
-        let task = self.handle.spawn(
-            async move { pushkin.dispatch(&notification).await }.instrument(span),
-        );
+        let task = self
+            .handle
+            .spawn(async move { pushkin.dispatch(&notification).await }.instrument(span));
         let task = AbortOnDrop(task);
         async move {
             let mut task = task;
             match (&mut task.0).await {
-                Ok(Ok(rejected)) => ROk(rejected.into_iter().map(RString::from).collect::<RVec<_>>()),
+                Ok(Ok(rejected)) => {
+                    ROk(rejected.into_iter().map(RString::from).collect::<RVec<_>>())
+                }
                 Ok(Err(err)) => RErr(FfiPushError {
-                    kind: if err.temporary { PushErrorKind::Temporary } else { PushErrorKind::Permanent },
+                    kind: if err.temporary {
+                        PushErrorKind::Temporary
+                    } else {
+                        PushErrorKind::Permanent
+                    },
                     message: err.message.into(),
                 }),
                 Err(join_err) if join_err.is_panic() => RErr(FfiPushError {
                     kind: PushErrorKind::Panic,
-                    message: format!("pushkin panicked: {}", panic_message(&*join_err.into_panic())).into(),
+                    message: format!(
+                        "pushkin panicked: {}",
+                        panic_message(&*join_err.into_panic())
+                    )
+                    .into(),
                 }),
                 Err(_) => RErr(FfiPushError {
                     kind: PushErrorKind::Temporary,
@@ -353,9 +390,14 @@ impl<P: Pushkin> PushkinFfi for Adapter<P> {
         notification_json: RStr<'_>,
         devices_json: RStr<'_>,
     ) -> FfiFuture<FfiDispatchResult> {
-        match catch_unwind(AssertUnwindSafe(|| self.start(request_id, notification_json, devices_json))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.start(request_id, notification_json, devices_json)
+        })) {
             Ok(future) => future,
-            Err(payload) => failed(PushErrorKind::Panic, format!("pushkin panicked: {}", panic_message(&*payload))),
+            Err(payload) => failed(
+                PushErrorKind::Panic,
+                format!("pushkin panicked: {}", panic_message(&*payload)),
+            ),
         }
     }
 

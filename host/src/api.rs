@@ -1,0 +1,280 @@
+//! The HTTP API: `POST /_matrix/push/v1/notify`, `GET /health`, and the spec's error rules.
+
+use crate::apps::AppTable;
+use crate::dispatch::{dispatch, Failure};
+use crate::metrics::{label, registry, Kind, Series};
+use crate::notify::{parse, BadRequest};
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Bodies over this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// What the handlers share.
+pub struct AppState {
+    /// The app table; swapped whole on reload.
+    pub apps: ArcSwap<AppTable>,
+    metrics: CoreMetrics,
+    request_ids: AtomicU64,
+    instance: u32,
+}
+
+impl AppState {
+    /// State serving `apps`.
+    pub fn new(apps: AppTable) -> Result<Self, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0);
+        Ok(AppState {
+            apps: ArcSwap::from_pointee(apps),
+            metrics: CoreMetrics::new()?,
+            request_ids: AtomicU64::new(0),
+            instance: nanos ^ std::process::id().rotate_left(16),
+        })
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n}", self.instance)
+    }
+}
+
+/// Sygnal's core series, resolved once.
+struct CoreMetrics {
+    received: Arc<Series>,
+    devices_received: Arc<Series>,
+    in_flight: Arc<Series>,
+    /// (status code, `sygnal_pushgateway_status_codes`, `sygnal_notify_time`) for each code
+    /// /notify answers with.
+    by_code: Vec<(u16, Arc<Series>, Arc<Series>)>,
+}
+
+impl CoreMetrics {
+    fn new() -> Result<Self, String> {
+        let registry = registry();
+        let series = |name: &str, help: &str, kind: Kind, labels: &str| {
+            registry
+                .series(name, help, kind, labels)
+                .ok_or_else(|| format!("metric {name} registered with another type"))
+        };
+        let by_code = [200u16, 400, 413, 500, 502]
+            .into_iter()
+            .map(|code| {
+                let labels = label("code", &code.to_string());
+                Ok((
+                    code,
+                    series(
+                        "sygnal_pushgateway_status_codes",
+                        "HTTP Response Codes given on the Push Gateway API",
+                        Kind::Counter,
+                        &labels,
+                    )?,
+                    series(
+                        "sygnal_notify_time",
+                        "Time taken to handle /notify push gateway request",
+                        Kind::Histogram,
+                        &labels,
+                    )?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(CoreMetrics {
+            received: series(
+                "sygnal_notifications_received",
+                "Number of notification pokes received",
+                Kind::Counter,
+                "",
+            )?,
+            devices_received: series(
+                "sygnal_notifications_devices_received",
+                "Number of devices been asked to push",
+                Kind::Counter,
+                "",
+            )?,
+            in_flight: series(
+                "sygnal_requests_in_flight",
+                "Number of HTTP requests in flight",
+                Kind::Gauge,
+                &label("resource", "V1NotifyHandler"),
+            )?,
+            by_code,
+        })
+    }
+
+    fn finish(&self, code: u16, started: Instant) {
+        if let Some((_, count, time)) = self.by_code.iter().find(|(c, _, _)| *c == code) {
+            count.inc();
+            time.observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a Series);
+
+impl<'a> InFlight<'a> {
+    fn enter(series: &'a Series) -> Self {
+        series.add(1.0);
+        InFlight(series)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1.0);
+    }
+}
+
+/// The Push Gateway API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            NOTIFY_PATH,
+            post(notify).get(notify_get).fallback(method_not_allowed),
+        )
+        .route("/health", get(health).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "errcode": errcode, "error": message });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+        "Unrecognized request",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+        "Method not allowed",
+    )
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+/// UnifiedPush distributors probe this to discover a gateway.
+async fn notify_get(State(state): State<Arc<AppState>>) -> Response {
+    match &state.apps.load().notify_get_response {
+        Some(body) => axum::Json(body.clone()).into_response(),
+        None => method_not_allowed().await,
+    }
+}
+
+async fn notify(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let _in_flight = InFlight::enter(&state.metrics.in_flight);
+    let request_id = state.next_request_id();
+    let span = tracing::info_span!("notify", request_id = %request_id);
+    let response = handle_notify(&state, &request_id, body)
+        .instrument(span)
+        .await;
+    state.metrics.finish(response.status().as_u16(), started);
+    response
+}
+
+async fn handle_notify(
+    state: &AppState,
+    request_id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            tracing::warn!("request body over {MAX_BODY_BYTES} bytes refused");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "request body too large",
+            );
+        }
+        Err(rejection) => {
+            return error(rejection.status(), "M_UNKNOWN", &rejection.body_text());
+        }
+    };
+    state.metrics.received.inc();
+    let parsed = match parse(&body) {
+        Ok(parsed) => parsed,
+        Err(bad) => {
+            let (errcode, reason) = match bad {
+                BadRequest::NotJson(reason) => ("M_NOT_JSON", reason),
+                BadRequest::BadJson(reason) => ("M_BAD_JSON", reason),
+            };
+            tracing::info!(%reason, "invalid notification refused");
+            return error(StatusCode::BAD_REQUEST, errcode, &reason);
+        }
+    };
+    state
+        .metrics
+        .devices_received
+        .add(parsed.devices.len() as f64);
+    let table = state.apps.load_full();
+    match dispatch(&table, request_id, &parsed).await {
+        Ok(rejected) => {
+            tracing::debug!(
+                devices = parsed.devices.len(),
+                rejected = rejected.len(),
+                "notification dispatched"
+            );
+            let body = serde_json::json!({ "rejected": rejected });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        Err(Failure::Dispatch) => error(
+            StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            "push provider dispatch failed",
+        ),
+        Err(Failure::Panic) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "internal error while dispatching",
+        ),
+    }
+}
+
+/// The Prometheus router (`GET /metrics`).
+pub fn metrics_router() -> Router {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                registry().render(),
+            )
+        }),
+    )
+}

@@ -1,0 +1,211 @@
+//! The app table: every configured app's pushkin, and routing an app id to it.
+//!
+//! The table is immutable once built and lives behind one atomically swappable pointer in the
+//! server state: a request holds the table it started with, so a reload never changes the
+//! apps under an in-flight request.
+
+use crate::config::AppConfig;
+use crate::metrics::{label, registry, Kind, Series};
+use crate::registry::{PluginLibrary, PluginRegistry};
+use abi_stable::std_types::{RResult, RStr};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use sygnal_plugin_api::abi::{HostCtx, PushkinBox};
+
+/// One configured app and its pushkin instance.
+pub struct App {
+    /// The app id (or glob pattern) from the config.
+    pub id: String,
+    /// The plugin kind serving it.
+    pub kind: String,
+    /// The plugin instance.
+    pub pushkin: PushkinBox,
+    inflight: AtomicUsize,
+    inflight_limit: usize,
+    /// `sygnal_per_pushkin_type{pushkin}`: devices handed to this app.
+    pub devices_sent: Arc<Series>,
+    /// `sygnal_inflight_request_limit_drop{pushkin}`: dispatches refused by the in-flight limit.
+    pub inflight_drops: Arc<Series>,
+    library: Arc<PluginLibrary>,
+}
+
+impl App {
+    /// Reserves an in-flight slot, or `None` when the app is at its limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<InflightGuard> {
+        let previous = self.inflight.fetch_add(1, Ordering::AcqRel);
+        if previous >= self.inflight_limit {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InflightGuard(Arc::clone(self)))
+    }
+
+    /// The library serving this app.
+    pub fn library(&self) -> &Arc<PluginLibrary> {
+        &self.library
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.pushkin.close();
+    }
+}
+
+/// Releases an in-flight slot when the dispatch ends (or is cancelled).
+pub struct InflightGuard(Arc<App>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// All apps, routable by app id.
+#[derive(Default)]
+pub struct AppTable {
+    exact: HashMap<String, Arc<App>>,
+    patterns: Vec<Arc<App>>,
+    /// The body for `GET /_matrix/push/v1/notify`, when a configured plugin offers one.
+    pub notify_get_response: Option<serde_json::Value>,
+}
+
+impl AppTable {
+    /// The app serving `app_id`: an exact match, else the one glob pattern matching it.
+    /// `None` when nothing matches or several patterns do (the pushkey is then rejected).
+    pub fn route(&self, app_id: &str) -> Option<&Arc<App>> {
+        if let Some(app) = self.exact.get(app_id) {
+            return Some(app);
+        }
+        let mut matching = self
+            .patterns
+            .iter()
+            .filter(|app| glob_match(&app.id, app_id));
+        let first = matching.next()?;
+        match matching.next() {
+            None => Some(first),
+            Some(_) => None,
+        }
+    }
+
+    /// Every app, in no particular order.
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.exact.values().chain(self.patterns.iter())
+    }
+}
+
+/// Builds every app's pushkin. The first failure is returned, naming the app.
+pub fn build(
+    apps: &[AppConfig],
+    plugins: &PluginRegistry,
+    host: &HostCtx,
+) -> Result<AppTable, String> {
+    let mut table = AppTable::default();
+    for config in apps {
+        let library = plugins
+            .resolve(&config.plugin_type)
+            .map_err(|err| format!("apps.{}.type: {err}", config.app_id))?;
+        let section = serde_json::to_string(&config.section)
+            .map_err(|err| format!("apps.{}: {err}", config.app_id))?;
+        let pushkin = match library.module.new()(
+            host.clone(),
+            RStr::from_str(&config.app_id),
+            RStr::from_str(&section),
+        ) {
+            RResult::ROk(pushkin) => pushkin,
+            RResult::RErr(err) if err.starts_with("apps.") => return Err(err.into()),
+            RResult::RErr(err) => return Err(format!("apps.{}: {err}", config.app_id)),
+        };
+        if table.notify_get_response.is_none() {
+            table.notify_get_response = library.info.notify_get_response.clone();
+        }
+        let labels = label("pushkin", &config.app_id);
+        let metrics = registry();
+        let app = Arc::new(App {
+            id: config.app_id.clone(),
+            kind: library.kind.clone(),
+            pushkin,
+            inflight: AtomicUsize::new(0),
+            inflight_limit: config.inflight_request_limit,
+            devices_sent: metrics
+                .series(
+                    "sygnal_per_pushkin_type",
+                    "Number of pushes sent via each type of pushkin",
+                    Kind::Counter,
+                    &labels,
+                )
+                .ok_or("metric sygnal_per_pushkin_type has the wrong type")?,
+            inflight_drops: metrics
+                .series(
+                    "sygnal_inflight_request_limit_drop",
+                    "Number of notifications dropped because the number of inflight requests exceeded the configured inflight_request_limit.",
+                    Kind::Counter,
+                    &labels,
+                )
+                .ok_or("metric sygnal_inflight_request_limit_drop has the wrong type")?,
+            library,
+        });
+        if is_pattern(&config.app_id) {
+            table.patterns.push(app);
+        } else {
+            table.exact.insert(config.app_id.clone(), app);
+        }
+    }
+    Ok(table)
+}
+
+fn is_pattern(app_id: &str) -> bool {
+    app_id.contains(['*', '?'])
+}
+
+/// Whole-string, case-sensitive glob match: `*` any run of characters, `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern index after it, text index it matched up to).
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                backtrack = Some((p + 1, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((after_star, matched)) => {
+                    p = after_star;
+                    t = matched + 1;
+                    backtrack = Some((after_star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_semantics() {
+        assert!(glob_match("com.example.*", "com.example.ios"));
+        assert!(glob_match("com.example.*", "com.example."));
+        assert!(!glob_match("com.example.*", "com.example"));
+        assert!(glob_match("com.?xample.ios", "com.example.ios"));
+        assert!(!glob_match("com.?xample.ios", "com.xample.ios"));
+        assert!(glob_match("*.ios", "a.b.ios"));
+        assert!(!glob_match("*.ios", "a.b.iOS"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("ü?", "üß"));
+    }
+}

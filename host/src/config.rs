@@ -1,0 +1,432 @@
+//! `sygnal.yaml`: Sygnal's configuration format, plus the keys this gateway adds.
+//!
+//! Any existing Sygnal config loads: unknown keys are warned about (as Sygnal does), and
+//! Sygnal's Python `log.setup` dictConfig is mapped where it can be (level, log file). Errors
+//! name the key, e.g. `http.port: invalid type: string "x", expected u16`.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Logging.
+    pub log: LogConfig,
+    /// The Push Gateway API listener.
+    pub http: HttpConfig,
+    /// Outbound HTTP CONNECT proxy for every upstream connection (else `HTTPS_PROXY`).
+    pub proxy: Option<String>,
+    /// Prometheus and friends.
+    pub metrics: MetricsConfig,
+    /// Where plugin libraries are found, and how their runtimes are sized.
+    pub plugins: PluginsConfig,
+    /// The apps, by app id (or glob pattern over app ids).
+    pub apps: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `log`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// Sygnal's Python logging dictConfig; mapped onto `level` and `file` where possible.
+    pub setup: Option<serde_yaml::Value>,
+    /// Sygnal's access-log options.
+    pub access: AccessLogConfig,
+    /// Added: the log level (error, warn, info, debug, trace). Overrides `setup`.
+    pub level: Option<String>,
+    /// Added: `text` (default) or `json`.
+    pub format: Option<String>,
+    /// Added: append logs to this file instead of stderr. Overrides `setup`.
+    pub file: Option<PathBuf>,
+}
+
+/// `log.access`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AccessLogConfig {
+    /// Log the client address from `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+}
+
+/// `http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Addresses to listen on.
+    pub bind_addresses: Vec<String>,
+    /// The port.
+    pub port: u16,
+    /// Added: seconds to let in-flight requests finish on SIGTERM/SIGINT.
+    pub shutdown_timeout: f64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind_addresses: vec!["::1".to_owned(), "127.0.0.1".to_owned()],
+            port: 5000,
+            shutdown_timeout: 10.0,
+        }
+    }
+}
+
+/// `metrics`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// The Prometheus listener.
+    pub prometheus: PrometheusConfig,
+    /// Accepted for compatibility; not supported yet.
+    pub opentracing: Option<serde_yaml::Value>,
+    /// Accepted for compatibility; not supported yet.
+    pub sentry: Option<serde_yaml::Value>,
+}
+
+/// `metrics.prometheus`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PrometheusConfig {
+    /// Serve /metrics.
+    pub enabled: bool,
+    /// Listen address.
+    pub address: String,
+    /// Listen port.
+    pub port: u16,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: false,
+            address: "127.0.0.1".to_owned(),
+            port: 8000,
+        }
+    }
+}
+
+/// `plugins` (added).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PluginsConfig {
+    /// Directories searched for plugin libraries after the executable's own directory.
+    pub dirs: Vec<PathBuf>,
+    /// Worker threads for each plugin library's runtime (default: half the cores, at least 1).
+    pub worker_threads: Option<usize>,
+}
+
+/// One app, as the host needs it.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The app id or glob pattern.
+    pub app_id: String,
+    /// The `type`: a plugin kind, a Sygnal class path, or a library path.
+    pub plugin_type: String,
+    /// Dispatches in flight beyond which new ones fail at once.
+    pub inflight_request_limit: usize,
+    /// The whole section, for the plugin.
+    pub section: Map<String, Value>,
+}
+
+/// Sygnal's default in-flight limit per app.
+pub const DEFAULT_INFLIGHT_REQUEST_LIMIT: usize = 512;
+
+/// A loaded configuration and what was noticed while loading it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// The apps, validated.
+    pub apps: Vec<AppConfig>,
+    /// Things worth a warning (unknown keys, unsupported sections), logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// Which file to read: `--config PATH`, else `SYGNAL_CONF`, else `./sygnal.yaml`.
+pub fn config_path(cli_path: Option<PathBuf>) -> PathBuf {
+    cli_path
+        .or_else(|| std::env::var_os("SYGNAL_CONF").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("sygnal.yaml"))
+}
+
+/// Reads and validates the config file.
+pub fn load(path: &Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Loaded, String> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
+    let value = match value {
+        serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+        other => other,
+    };
+    let mut warnings = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| {
+        warnings.push(format!("unknown config key `{path}` ignored"));
+    };
+    let config: Config =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record))
+            .map_err(|err| {
+                let key = err.path().to_string();
+                let key = if key == "." { "config".to_owned() } else { key };
+                format!("{key}: {}", err.inner())
+            })?;
+    validate(&config, &mut warnings)?;
+    let apps = apps(&config)?;
+    Ok(Loaded {
+        config,
+        apps,
+        warnings,
+    })
+}
+
+fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
+    if config.http.bind_addresses.is_empty() {
+        return Err("http.bind_addresses: at least one address is needed".to_owned());
+    }
+    for (index, address) in config.http.bind_addresses.iter().enumerate() {
+        address.parse::<IpAddr>().map_err(|_| {
+            format!("http.bind_addresses.{index}: `{address}` is not an IP address")
+        })?;
+    }
+    if !config.http.shutdown_timeout.is_finite() || config.http.shutdown_timeout < 0.0 {
+        return Err("http.shutdown_timeout: must be a non-negative number of seconds".to_owned());
+    }
+    if config.metrics.prometheus.enabled {
+        config
+            .metrics
+            .prometheus
+            .address
+            .parse::<IpAddr>()
+            .map_err(|_| {
+                format!(
+                    "metrics.prometheus.address: `{}` is not an IP address",
+                    config.metrics.prometheus.address
+                )
+            })?;
+    }
+    for (section, value) in [
+        ("opentracing", &config.metrics.opentracing),
+        ("sentry", &config.metrics.sentry),
+    ] {
+        let enabled = value
+            .as_ref()
+            .and_then(|v| v.get("enabled"))
+            .and_then(serde_yaml::Value::as_bool)
+            .unwrap_or(false);
+        if enabled {
+            warnings.push(format!(
+                "metrics.{section} is not supported yet and is ignored"
+            ));
+        }
+    }
+    if let Some(format) = &config.log.format {
+        if format != "text" && format != "json" {
+            return Err(format!("log.format: `{format}` is not one of text, json"));
+        }
+    }
+    if config.plugins.worker_threads == Some(0) {
+        return Err("plugins.worker_threads: must be at least 1".to_owned());
+    }
+    if let Some(proxy) = &config.proxy {
+        if !proxy.starts_with("http://") && !proxy.starts_with("https://") {
+            return Err("proxy: must be an http:// URL of a CONNECT proxy".to_owned());
+        }
+    }
+    Ok(())
+}
+
+fn apps(config: &Config) -> Result<Vec<AppConfig>, String> {
+    if config.apps.is_empty() {
+        return Err("apps: no apps configured".to_owned());
+    }
+    config
+        .apps
+        .iter()
+        .map(|(app_id, section)| app(app_id, section))
+        .collect()
+}
+
+fn app(app_id: &str, section: &serde_yaml::Value) -> Result<AppConfig, String> {
+    let json: Value = serde_json::to_value(section)
+        .map_err(|err| format!("apps.{app_id}: cannot be represented as JSON: {err}"))?;
+    let Value::Object(section) = json else {
+        return Err(format!("apps.{app_id}: must be a mapping"));
+    };
+    let plugin_type = match section.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(_) => return Err(format!("apps.{app_id}.type: must be a non-empty string")),
+        None => return Err(format!("apps.{app_id}.type: missing")),
+    };
+    let inflight_request_limit = match section.get("inflight_request_limit") {
+        None | Some(Value::Null) => DEFAULT_INFLIGHT_REQUEST_LIMIT,
+        Some(value) => value
+            .as_u64()
+            .filter(|limit| *limit > 0)
+            .and_then(|limit| usize::try_from(limit).ok())
+            .ok_or_else(|| {
+                format!("apps.{app_id}.inflight_request_limit: must be a positive integer")
+            })?,
+    };
+    Ok(AppConfig {
+        app_id: app_id.to_owned(),
+        plugin_type,
+        inflight_request_limit,
+        section,
+    })
+}
+
+/// The outbound proxy: the config's `proxy`, else `HTTPS_PROXY` / `https_proxy`.
+pub fn effective_proxy(config: &Config) -> Option<String> {
+    config.proxy.clone().or_else(|| {
+        ["HTTPS_PROXY", "https_proxy"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    })
+}
+
+/// The log level Sygnal's dictConfig asks for (`root.level`, else the `sygnal` logger's).
+pub fn dictconfig_level(setup: &serde_yaml::Value) -> Option<String> {
+    let root = setup.get("root").and_then(|r| r.get("level"));
+    let sygnal = setup
+        .get("loggers")
+        .and_then(|l| l.get("sygnal"))
+        .and_then(|l| l.get("level"));
+    root.or(sygnal)
+        .and_then(serde_yaml::Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The log file Sygnal's dictConfig writes to (the first handler with a `filename`).
+pub fn dictconfig_file(setup: &serde_yaml::Value) -> Option<PathBuf> {
+    setup
+        .get("handlers")?
+        .as_mapping()?
+        .values()
+        .find_map(|handler| handler.get("filename")?.as_str().map(PathBuf::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYGNAL_SAMPLE: &str = r#"
+log:
+  setup:
+    version: 1
+    formatters:
+      normal:
+        format: "%(asctime)s [%(process)d] %(levelname)-5s %(name)s %(message)s"
+    handlers:
+      stderr:
+        class: "logging.StreamHandler"
+        formatter: "normal"
+        stream: "ext://sys.stderr"
+    loggers:
+      sygnal.access:
+        propagate: false
+        handlers: ["stderr"]
+        level: "INFO"
+    root:
+      handlers: ["stderr"]
+      level: "DEBUG"
+    disable_existing_loggers: false
+  access:
+    x_forwarded_for: false
+http:
+  bind_addresses: ['127.0.0.1']
+  port: 5000
+proxy: 'http://user:secret@proxy.example:3128'
+metrics:
+  prometheus:
+    enabled: true
+    address: '127.0.0.1'
+    port: 8000
+  opentracing:
+    enabled: false
+  sentry:
+    enabled: false
+apps:
+  com.example.myapp.ios:
+    type: apns
+    keyfile: my_key.p8
+    key_id: MY_KEY_ID
+    team_id: MY_TEAM_ID
+    topic: MY_TOPIC
+  com.example.myapp.android:
+    type: gcm
+    api_key: your_api_key_for_gcm
+    inflight_request_limit: 10
+"#;
+
+    #[test]
+    fn loads_a_sygnal_config() {
+        let loaded = parse(SYGNAL_SAMPLE).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.http.port, 5000);
+        assert!(loaded.config.metrics.prometheus.enabled);
+        assert_eq!(loaded.apps.len(), 2);
+        let android = &loaded.apps[0];
+        assert_eq!(android.app_id, "com.example.myapp.android");
+        assert_eq!(android.plugin_type, "gcm");
+        assert_eq!(android.inflight_request_limit, 10);
+        assert_eq!(loaded.apps[1].inflight_request_limit, 512);
+        assert_eq!(loaded.apps[1].section["key_id"], "MY_KEY_ID");
+        let setup = loaded.config.log.setup.as_ref().unwrap();
+        assert_eq!(dictconfig_level(setup).as_deref(), Some("DEBUG"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse("http:\n  port: nope\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("http.port:"), "{err}");
+        let err = parse("apps:\n  a:\n    key: 1\n").unwrap_err();
+        assert_eq!(err, "apps.a.type: missing");
+        let err = parse("apps:\n  a:\n    type: x\n    inflight_request_limit: -1\n").unwrap_err();
+        assert!(err.starts_with("apps.a.inflight_request_limit:"), "{err}");
+        let err =
+            parse("http:\n  bind_addresses: ['nowhere']\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("http.bind_addresses.0:"), "{err}");
+    }
+
+    #[test]
+    fn no_apps_is_an_error() {
+        assert_eq!(parse("").unwrap_err(), "apps: no apps configured");
+        assert_eq!(
+            parse("http:\n  port: 5000\n").unwrap_err(),
+            "apps: no apps configured"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let loaded =
+            parse("surprise: 1\nhttp:\n  colour: red\napps:\n  a:\n    type: x\n").unwrap();
+        assert_eq!(
+            loaded.warnings,
+            vec![
+                "unknown config key `surprise` ignored",
+                "unknown config key `http.colour` ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn maps_dictconfig_file_handler() {
+        let setup: serde_yaml::Value = serde_yaml::from_str(
+            "handlers:\n  file:\n    class: logging.handlers.WatchedFileHandler\n    filename: /var/log/sygnal.log\n",
+        )
+        .unwrap();
+        assert_eq!(
+            dictconfig_file(&setup),
+            Some(PathBuf::from("/var/log/sygnal.log"))
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Handing one notification to the apps its devices route to, concurrently.
+
+use crate::apps::{App, AppTable};
+use crate::notify::ParsedNotify;
+use abi_stable::std_types::{RResult, RStr};
+use futures_util::future::join_all;
+use std::sync::Arc;
+use sygnal_plugin_api::abi::PushErrorKind;
+
+/// Why a notification could not be delivered; decides the HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// A pushkin failed (permanent, retries exhausted, in-flight limit): 502.
+    Dispatch,
+    /// A pushkin panicked: 500.
+    Panic,
+}
+
+/// The devices of one notification routed to one app.
+struct Batch {
+    app: Arc<App>,
+    devices_json: String,
+}
+
+/// Routes the devices, dispatches each app's batch concurrently and joins the outcomes: the
+/// rejected pushkeys (unroutable ones included), or the worst failure.
+pub async fn dispatch(
+    table: &AppTable,
+    request_id: &str,
+    parsed: &ParsedNotify<'_>,
+) -> Result<Vec<String>, Failure> {
+    let mut rejected = Vec::new();
+    // Notifications from Synapse carry one device: a Vec beats a map here.
+    let mut batches: Vec<Batch> = Vec::with_capacity(1);
+    for device in &parsed.devices {
+        let Some(app) = table.route(&device.app_id) else {
+            tracing::info!(app_id = %device.app_id, "no unique app for this app_id: pushkey rejected");
+            rejected.push(device.pushkey.clone().into_owned());
+            continue;
+        };
+        app.devices_sent.inc();
+        match batches
+            .iter_mut()
+            .find(|batch| Arc::ptr_eq(&batch.app, app))
+        {
+            Some(batch) => {
+                batch.devices_json.pop();
+                batch.devices_json.push(',');
+                batch.devices_json.push_str(device.raw.get());
+                batch.devices_json.push(']');
+            }
+            None => {
+                let mut devices_json = String::with_capacity(device.raw.get().len() + 2);
+                devices_json.push('[');
+                devices_json.push_str(device.raw.get());
+                devices_json.push(']');
+                batches.push(Batch {
+                    app: Arc::clone(app),
+                    devices_json,
+                });
+            }
+        }
+    }
+
+    let mut failure = None;
+    let notification_json = parsed.notification.get();
+    let mut pending = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let Some(slot) = batch.app.try_acquire() else {
+            batch.app.inflight_drops.inc();
+            tracing::warn!(app = %batch.app.id, "too many in-flight requests for this app: dispatch dropped");
+            failure = failure.max(Some(Failure::Dispatch));
+            continue;
+        };
+        let future = batch.app.pushkin.dispatch(
+            RStr::from_str(request_id),
+            RStr::from_str(notification_json),
+            RStr::from_str(&batch.devices_json),
+        );
+        let app = batch.app;
+        pending.push(async move {
+            let outcome = future.await;
+            drop(slot);
+            (app, outcome)
+        });
+    }
+
+    for (app, outcome) in join_all(pending).await {
+        match outcome {
+            RResult::ROk(keys) => rejected.extend(keys.into_iter().map(String::from)),
+            RResult::RErr(err) => {
+                let kind = match err.kind {
+                    PushErrorKind::Temporary => "temporary",
+                    PushErrorKind::Permanent => "permanent",
+                    PushErrorKind::Panic => "panic",
+                };
+                tracing::warn!(app = %app.id, plugin = %app.kind, kind, error = %err.message, "dispatch failed");
+                let this = match err.kind {
+                    PushErrorKind::Panic => Failure::Panic,
+                    _ => Failure::Dispatch,
+                };
+                failure = failure.max(Some(this));
+            }
+        }
+    }
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok(rejected),
+    }
+}
