@@ -1,0 +1,148 @@
+//! The APNs pushkin (`type: apns`): delivers Matrix notifications to Apple devices through the
+//! Apple Push Notification service, with Sygnal's configuration keys, payloads and answers.
+//!
+//! - [`config`]: the app section, validated at startup.
+//! - [`payload`]: the JSON payload per device and its truncation (pure, unit-tested).
+//! - [`token`]: the ES256 provider token, cached and refreshed.
+//! - [`transport`]: the HTTP/2 request, answer classification, retries, metrics.
+
+pub mod cert;
+pub mod config;
+pub mod payload;
+pub mod token;
+pub mod transport;
+
+use config::{ApnsConfig, Auth};
+use futures_util::future::join_all;
+use payload::{PayloadOptions, Prepared};
+use sygnal_plugin_api::{
+    tracing, Device, Labels, Notification, PushError, Pushkin, PushkinContext,
+};
+use transport::{Delivery, Push, Transport};
+
+/// One configured APNs app.
+pub struct ApnsPushkin {
+    app_id: String,
+    payload_options: PayloadOptions,
+    convert_device_token_to_hex: bool,
+    transport: Transport,
+}
+
+impl Pushkin for ApnsPushkin {
+    const KIND: &'static str = "apns";
+
+    fn new(ctx: PushkinContext) -> Result<Self, String> {
+        let config: ApnsConfig = config::load(&ctx)?;
+        let app_id = ctx.app_id().to_owned();
+        if let Auth::Certificate { identity_pem, .. } = &config.auth {
+            match cert::expiry_from_pem(identity_pem) {
+                Some(expiry) => ctx.metrics().gauge_set(
+                    transport::CERT_EXPIRY,
+                    transport::CERT_EXPIRY_HELP,
+                    &Labels::new(&[("pushkin", &app_id)]),
+                    expiry as f64,
+                ),
+                None => tracing::warn!(app = %app_id, "cannot read the certfile's expiry date"),
+            }
+        }
+        let transport = Transport::new(&app_id, &config, ctx.host(), ctx.metrics())?;
+        tracing::info!(
+            app = %app_id,
+            endpoint = %config.endpoint,
+            auth = if matches!(config.auth, Auth::Token { .. }) { "token" } else { "certificate" },
+            "APNs pushkin ready"
+        );
+        Ok(ApnsPushkin {
+            app_id,
+            payload_options: PayloadOptions {
+                send_badge_counts: config.send_badge_counts,
+            },
+            convert_device_token_to_hex: config.convert_device_token_to_hex,
+            transport,
+        })
+    }
+
+    async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
+        let results = join_all(
+            notification
+                .devices
+                .iter()
+                .map(|device| self.dispatch_device(notification, device)),
+        )
+        .await;
+        let mut rejected = Vec::new();
+        let mut failure: Option<PushError> = None;
+        for result in results {
+            match result {
+                Ok(Some(pushkey)) => rejected.push(pushkey),
+                Ok(None) => {}
+                // Report a permanent failure over a temporary one: it needs the operator.
+                Err(err) => match &failure {
+                    Some(kept) if !kept.temporary || err.temporary => {}
+                    _ => failure = Some(err),
+                },
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(rejected),
+        }
+    }
+}
+
+/// A loggable prefix of a pushkey: enough to find it, not enough to push to it.
+fn log_key(pushkey: &str) -> &str {
+    sygnal_plugin_api::text::truncate_to_chars(pushkey, 6)
+}
+
+impl ApnsPushkin {
+    /// Delivers to one device; `Some(pushkey)` when the pushkey is rejected.
+    async fn dispatch_device(
+        &self,
+        notification: &Notification,
+        device: &Device,
+    ) -> Result<Option<String>, PushError> {
+        let key = log_key(&device.pushkey);
+        let body = match payload::prepare(notification, device, self.payload_options) {
+            Ok(Prepared::Send(body)) => body,
+            Ok(Prepared::Nothing) => {
+                tracing::info!(app = %self.app_id, token = %key, "nothing to send for this notification");
+                return Ok(None);
+            }
+            Ok(Prepared::Reject(why)) => {
+                tracing::warn!(app = %self.app_id, token = %key, "rejecting pushkey: {why}");
+                return Ok(Some(device.pushkey.clone()));
+            }
+            Err(too_long) => {
+                return Err(PushError::permanent(format!(
+                    "payload for {key}… is {} bytes after truncation, over APNs' {} byte limit",
+                    too_long.bytes,
+                    payload::MAX_BODY_BYTES
+                )))
+            }
+        };
+        let Some(device_token) =
+            payload::device_token(&device.pushkey, self.convert_device_token_to_hex)
+        else {
+            // It cannot become a valid APNs token; Apple would answer BadDeviceToken.
+            tracing::warn!(app = %self.app_id, token = %key, "rejecting pushkey: not base64");
+            return Ok(Some(device.pushkey.clone()));
+        };
+        let push = Push {
+            device_token: &device_token,
+            body: &body,
+            priority: if notification.is_low_priority() {
+                5
+            } else {
+                10
+            },
+            log_key: key,
+        };
+        match self.transport.send(push).await? {
+            Delivery::Delivered => Ok(None),
+            Delivery::Rejected { .. } => Ok(Some(device.pushkey.clone())),
+        }
+    }
+}
+
+sygnal_plugin_api::export_pushkin!(ApnsPushkin);
