@@ -126,24 +126,14 @@ pub(crate) fn install(sink: LogFn, max_level: LogLevel, plugin: &'static str) {
         let subscriber = tracing_subscriber::registry().with(layer);
         // Fails only if the plugin installed its own dispatcher first; theirs then wins.
         let _ = tracing::subscriber::set_global_default(subscriber);
-        std::panic::set_hook(Box::new(move |info| {
+        std::panic::set_hook(Box::new(|info| {
             let location = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
                 .unwrap_or_default();
-            let payload = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            sink(
-                LogLevel::Error,
-                RStr::from_str(plugin),
-                RStr::from_str("panic"),
-                RStr::from_str(&format!("pushkin panicked: {payload}")),
-                RStr::from_str(&format!("location={location}")),
-            );
+            let payload = crate::sdk::panic_message(info.payload());
+            // Through tracing, so the dispatch span's request id is attached.
+            tracing::error!(target: "panic", %location, "pushkin panicked: {payload}");
         }));
     });
 }

@@ -205,7 +205,7 @@ fn runtime(kind: &str, worker_threads: usize) -> std::io::Result<&'static Plugin
     Ok(RUNTIME.get().expect("runtime was just set"))
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -13,6 +13,7 @@ pub struct GatewayBuilder {
     extra_yaml: String,
     env: Vec<(String, OsString)>,
     http_yaml: Option<String>,
+    raw_config: Option<String>,
 }
 
 /// A running gateway, killed on drop.
@@ -38,7 +39,16 @@ impl Gateway {
             extra_yaml: String::new(),
             env: Vec::new(),
             http_yaml: None,
+            raw_config: None,
         }
+    }
+
+    /// A builder for a gateway running exactly `config` (`{port}` and `{metrics_port}` are
+    /// replaced by free ports).
+    pub fn builder_with_config(config: &str) -> GatewayBuilder {
+        let mut builder = Self::builder("");
+        builder.raw_config = Some(config.to_owned());
+        builder
     }
 
     /// The API's base URL.
@@ -175,6 +185,11 @@ impl GatewayBuilder {
     }
 
     fn config_text(&self, port: u16, metrics_port: u16) -> String {
+        if let Some(raw) = &self.raw_config {
+            return raw
+                .replace("{port}", &port.to_string())
+                .replace("{metrics_port}", &metrics_port.to_string());
+        }
         let http = match &self.http_yaml {
             Some(http) => http.replace("{port}", &port.to_string()),
             None => format!("http:\n  bind_addresses: ['127.0.0.1']\n  port: {port}\n"),
