@@ -6,11 +6,10 @@
 
 use crate::config::{ApnsConfig, Auth, PushType};
 use crate::token::ProviderToken;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{
-    build_client, read_body_limited, retry, retry_after, Attempt, ClientOptions, RetryPolicy,
+    client_builder, read_body_limited, retry, retry_after, Attempt, ClientOptions, RetryPolicy,
 };
 use sygnal_plugin_api::tracing;
 use sygnal_plugin_api::{HostInfo, Labels, Metrics, PushError};
@@ -96,7 +95,6 @@ pub struct Transport {
     metrics: Metrics,
     no_labels: Labels,
     pushkin_labels: Labels,
-    gate: ConnectionGate,
 }
 
 impl Transport {
@@ -133,7 +131,15 @@ impl Transport {
             client_identity_pem: identity,
             ..ClientOptions::default()
         };
-        let client = build_client(host, &options).map_err(|e| format!("apps.{app_id}: {e}"))?;
+        // Prior knowledge on top of ALPN h2: hyper's pool then knows before connecting that the
+        // connection will be shared, so a burst of pushes on a cold (or just dropped)
+        // connection waits for one connection instead of opening one each. APNs wants few
+        // long-lived connections.
+        let client = client_builder(host, &options)
+            .map_err(|e| format!("apps.{app_id}: {e}"))?
+            .http2_prior_knowledge()
+            .build()
+            .map_err(|e| format!("apps.{app_id}: cannot build the HTTP client: {e}"))?;
         Ok(Transport {
             app_id: app_id.to_owned(),
             client,
@@ -145,7 +151,6 @@ impl Transport {
             metrics,
             no_labels: Labels::default(),
             pushkin_labels: Labels::new(&[("pushkin", app_id)]),
-            gate: ConnectionGate::default(),
         })
     }
 
@@ -194,7 +199,7 @@ impl Transport {
         let started = Instant::now();
         let result = {
             let _in_flight = InFlight::start(self.metrics, &self.no_labels);
-            self.gate.send(request).await
+            request.send().await
         };
         self.metrics.histogram_observe(
             REQUEST_TIME,
@@ -296,44 +301,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.metrics
             .gauge_add(ACTIVE_REQUESTS, ACTIVE_REQUESTS_HELP, self.labels, -1.0);
-    }
-}
-
-/// Lets one request open the connection while no connection is known to work; the rest wait
-/// for it and then share that connection.
-///
-/// Why: the SDK's client negotiates HTTP/2 through ALPN, and hyper's pool only knows a pending
-/// connection will be HTTP/2 once it is up, so a burst of pushes on a cold client would open one
-/// connection per push. APNs wants few long-lived connections. (With reqwest's
-/// `http2_prior_knowledge` the pool would do this itself; `ClientOptions` does not offer it.)
-#[derive(Default)]
-struct ConnectionGate {
-    /// The last request got an answer, so a connection is up.
-    established: AtomicBool,
-    /// Bumped when a gated request finishes, so its waiters go ahead even if it failed
-    /// (otherwise they would fail one after another).
-    generation: AtomicU64,
-    first: tokio::sync::Mutex<()>,
-}
-
-impl ConnectionGate {
-    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
-        if !self.established.load(Ordering::Acquire) {
-            let seen = self.generation.load(Ordering::Acquire);
-            let guard = self.first.lock().await;
-            if !self.established.load(Ordering::Acquire)
-                && self.generation.load(Ordering::Acquire) == seen
-            {
-                let result = request.send().await;
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                self.established.store(result.is_ok(), Ordering::Release);
-                drop(guard);
-                return result;
-            }
-        }
-        let result = request.send().await;
-        self.established.store(result.is_ok(), Ordering::Release);
-        result
     }
 }
 
