@@ -98,7 +98,7 @@ async fn synapse_full_notification_reaches_apns_with_every_header() {
     assert_eq!(r.path, format!("/3/device/{hex}"));
     assert_eq!(r.version, axum::http::Version::HTTP_2);
     assert_eq!(r.conn.alpn.as_deref(), Some(&b"h2"[..]));
-    apns.verify_provider_token(r);
+    let jwt = apns.verify_provider_token(r);
     assert_eq!(r.header("apns-topic"), Some(TOPIC));
     assert_eq!(r.header("apns-priority"), Some("10"));
     assert_eq!(r.header("apns-push-type"), None, "no push_type configured");
@@ -118,8 +118,10 @@ async fn synapse_full_notification_reaches_apns_with_every_header() {
             "room_id": n["room_id"], "event_id": n["event_id"]
         })
     );
-    // The pushkey never appears whole in the logs.
-    assert!(!gw.logs().contains(&pushkey) && !gw.logs().contains(&hex));
+    // Neither the pushkey nor the provider token appears whole in the (debug level) logs.
+    let logs = gw.logs();
+    assert!(logs.contains("APNs pushkin ready"), "{logs}");
+    assert!(!logs.contains(&pushkey) && !logs.contains(&hex) && !logs.contains(&jwt));
 }
 
 #[tokio::test]
@@ -348,6 +350,23 @@ async fn retries_exhausted_is_a_502() {
         .await;
     assert_eq!(status, 502);
     assert_eq!(apns.received_for(&hex).len(), 2);
+}
+
+#[tokio::test]
+async fn connection_failures_are_retried_then_fail() {
+    let apns = FakeApns::start(false).await;
+    // Nothing listens on this port.
+    let closed = format!("https://localhost:{}", sygnal_tests::free_port());
+    let apps = token_app(&apns, "  max_tries: 2\n").replace(&apns.url(), &closed);
+    let gw = gateway(&apns, &apps).await;
+    let (pushkey, _) = token(85);
+    let (status, _) = gw
+        .notify(notification(vec![device(&pushkey)], json!({})))
+        .await;
+    assert_eq!(status, 502);
+    let logs = gw.logs();
+    assert!(logs.contains("gave up after 2 tries"), "{logs}");
+    assert!(!logs.contains(&pushkey));
 }
 
 #[tokio::test]
