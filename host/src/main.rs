@@ -316,9 +316,19 @@ async fn wait_for_signal() -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|err| err.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|err| err.to_string())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    // SIGHUP's default action would kill the process; until live reload exists, ignore it.
+    let mut hup = signal(SignalKind::hangup()).map_err(|err| err.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                return Ok(());
+            }
+            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not supported yet; ignored"),
+        }
     }
-    Ok(())
 }

@@ -139,7 +139,10 @@ pub fn client_builder(
         None => builder.no_proxy(),
     };
     if options.http2_only {
-        builder = builder.http2_adaptive_window(true);
+        // Prior knowledge on top of ALPN h2: the pool then knows before connecting that the
+        // connection will be shared, so a burst on a cold client waits for one connection
+        // instead of opening one per request. HTTP/2 upstreams want few long-lived connections.
+        builder = builder.http2_prior_knowledge().http2_adaptive_window(true);
     }
     Ok(builder)
 }
@@ -163,7 +166,43 @@ impl Default for RetrySettings {
     }
 }
 
+/// The config keys [`RetrySettings::from_context`] reads; the SDK does not warn about them.
+pub const RETRY_KEYS: [&str; 2] = ["max_tries", "retry_delay_base"];
+
 impl RetrySettings {
+    /// The retry policy from the app's `max_tries` and `retry_delay_base` (defaults 3 and 10 s).
+    /// Errors name the app and the key.
+    ///
+    /// Read these keys through this function rather than declaring (or `#[serde(flatten)]`ing)
+    /// them in the pushkin's own config struct: flatten hides unknown keys from the warning.
+    pub fn from_context(ctx: &crate::PushkinContext) -> Result<RetryPolicy, String> {
+        let defaults = RetrySettings::default();
+        let config = ctx.raw_config();
+        let key_error = |key: &str, why: &str| format!("apps.{}.{key}: {why}", ctx.app_id());
+        let max_tries = match config.get("max_tries") {
+            None | Some(serde_json::Value::Null) => defaults.max_tries,
+            Some(value) => value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| key_error("max_tries", "must be a positive integer"))?,
+        };
+        let retry_delay_base = match config.get("retry_delay_base") {
+            None | Some(serde_json::Value::Null) => defaults.retry_delay_base,
+            Some(value) => value
+                .as_f64()
+                .ok_or_else(|| key_error("retry_delay_base", "must be a number of seconds"))?,
+        };
+        RetrySettings {
+            max_tries,
+            retry_delay_base,
+        }
+        .policy()
+        .map_err(|why| match why.split_once(' ') {
+            Some((key, rest)) if RETRY_KEYS.contains(&key) => key_error(key, rest),
+            _ => format!("apps.{}: {why}", ctx.app_id()),
+        })
+    }
+
     /// The validated policy; errors name the key.
     pub fn policy(&self) -> Result<RetryPolicy, String> {
         if self.max_tries == 0 {
@@ -178,6 +217,22 @@ impl RetrySettings {
             max_delay: Duration::from_secs(300),
         })
     }
+}
+
+/// Validates an `endpoint` setting (an http(s) base URL without query or fragment) and returns
+/// it without a trailing slash, ready for paths to be appended.
+pub fn base_url(endpoint: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|err| format!("{endpoint:?} is not a valid URL ({err})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{endpoint:?} is not an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{endpoint:?}: a base URL takes no query or fragment"
+        ));
+    }
+    Ok(endpoint.trim_end_matches('/').to_owned())
 }
 
 /// When and how often to retry.
@@ -391,6 +446,53 @@ mod tests {
         })
         .await;
         assert_eq!((calls, err), (1, Err(PushError::permanent("401"))));
+    }
+
+    #[test]
+    fn retry_settings_from_context_name_the_key() {
+        let ctx = |config: serde_json::Value| {
+            let serde_json::Value::Object(map) = config else {
+                unreachable!()
+            };
+            crate::PushkinContext::for_tests("app", map, HostInfo::default())
+        };
+        let policy = RetrySettings::from_context(&ctx(serde_json::json!({}))).unwrap();
+        assert_eq!(
+            (policy.max_tries, policy.retry_delay_base),
+            (3, Duration::from_secs(10))
+        );
+        let policy = RetrySettings::from_context(&ctx(
+            serde_json::json!({"max_tries": 5, "retry_delay_base": 0.25}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (policy.max_tries, policy.retry_delay_base),
+            (5, Duration::from_millis(250))
+        );
+        let err =
+            RetrySettings::from_context(&ctx(serde_json::json!({"max_tries": 0}))).unwrap_err();
+        assert!(err.starts_with("apps.app.max_tries: "), "{err}");
+        let err =
+            RetrySettings::from_context(&ctx(serde_json::json!({"max_tries": "x"}))).unwrap_err();
+        assert!(err.starts_with("apps.app.max_tries: "), "{err}");
+        let err = RetrySettings::from_context(&ctx(serde_json::json!({"retry_delay_base": -1})))
+            .unwrap_err();
+        assert!(err.starts_with("apps.app.retry_delay_base: "), "{err}");
+    }
+
+    #[test]
+    fn base_urls_are_validated_and_trimmed() {
+        assert_eq!(
+            base_url("https://api.example.org/").unwrap(),
+            "https://api.example.org"
+        );
+        assert_eq!(
+            base_url("http://127.0.0.1:8080/prefix").unwrap(),
+            "http://127.0.0.1:8080/prefix"
+        );
+        assert!(base_url("ftp://x").is_err());
+        assert!(base_url("https://x/?q=1").is_err());
+        assert!(base_url("not a url").is_err());
     }
 
     #[test]

@@ -102,8 +102,14 @@ pub struct PushkinContext {
     metrics: Metrics,
 }
 
-/// Config keys the host itself reads from every app section.
-const HOST_APP_KEYS: &[&str] = &["type", "inflight_request_limit"];
+/// Config keys read by the host (`type`, `inflight_request_limit`) or by the SDK's shared
+/// helpers (the retry settings): a pushkin's own config struct need not declare them.
+const SHARED_APP_KEYS: &[&str] = &[
+    "type",
+    "inflight_request_limit",
+    "max_tries",
+    "retry_delay_base",
+];
 
 impl PushkinContext {
     /// The app id (the key of this app's section under `apps`).
@@ -133,7 +139,7 @@ impl PushkinContext {
         })?;
         for key in unknown
             .iter()
-            .filter(|key| !HOST_APP_KEYS.contains(&key.as_str()))
+            .filter(|key| !SHARED_APP_KEYS.contains(&key.as_str()))
         {
             tracing::warn!(app = %self.app_id, key = %key, "unrecognised configuration key, ignored");
         }

@@ -403,6 +403,16 @@ async fn every_log_line_about_a_request_carries_its_id() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let mut gw = gateway().await;
+    // SIGHUP does not stop the gateway.
+    gw.signal("HUP");
+    assert!(
+        gw.wait_for_log("SIGHUP received", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(
+        gw.notify(notification(&[("com.example.a", "ok")])).await.0,
+        200
+    );
     let url = gw.url();
     let in_flight = tokio::spawn(async move {
         let client = reqwest::Client::new();

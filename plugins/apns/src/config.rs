@@ -14,7 +14,7 @@ pub const PRODUCTION_ENDPOINT: &str = "https://api.push.apple.com";
 /// Apple's development (sandbox) host.
 pub const SANDBOX_ENDPOINT: &str = "https://api.sandbox.push.apple.com";
 
-/// The keys as they appear in the app section. Everything is optional here; [`ApnsConfig::from_raw`]
+/// The keys as they appear in the app section. Everything is optional here; [`ApnsConfig::from_context`]
 /// decides what is required, so its errors can say which key is missing and why.
 #[derive(Debug, Deserialize)]
 #[serde(default)]
@@ -39,11 +39,6 @@ pub struct RawConfig {
     pub send_badge_counts: bool,
     /// Base URL replacing Apple's host (for mocks and tests).
     pub endpoint: Option<String>,
-    /// Attempts per push (`max_tries`, default 3). Declared here rather than by flattening
-    /// [`RetrySettings`]: serde's flatten hides unknown keys from the SDK's unknown-key warning.
-    pub max_tries: u32,
-    /// Seconds before the first retry, doubled for each next one (default 10).
-    pub retry_delay_base: f64,
 }
 
 impl Default for RawConfig {
@@ -59,8 +54,6 @@ impl Default for RawConfig {
             convert_device_token_to_hex: true,
             send_badge_counts: true,
             endpoint: None,
-            max_tries: RetrySettings::default().max_tries,
-            retry_delay_base: RetrySettings::default().retry_delay_base,
         }
     }
 }
@@ -184,8 +177,7 @@ pub struct ApnsConfig {
 
 /// Reads and validates the app section of `ctx`, reading the key or certificate file.
 pub fn load(ctx: &PushkinContext) -> Result<ApnsConfig, String> {
-    let raw: RawConfig = ctx.config()?;
-    ApnsConfig::from_raw(ctx.app_id(), raw, |path| std::fs::read(path))
+    ApnsConfig::from_context(ctx, |path| std::fs::read(path))
 }
 
 /// Python's truthiness for an optional string: Sygnal treats `""` like an absent key.
@@ -194,13 +186,14 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 }
 
 impl ApnsConfig {
-    /// Validates `raw`; `read_file` reads the key or certificate (a parameter so tests need no
-    /// files).
-    pub fn from_raw(
-        app_id: &str,
-        raw: RawConfig,
+    /// Validates the app section; `read_file` reads the key or certificate (a parameter so
+    /// tests need no files).
+    pub fn from_context(
+        ctx: &PushkinContext,
         read_file: impl Fn(&PathBuf) -> std::io::Result<Vec<u8>>,
     ) -> Result<Self, String> {
+        let app_id = ctx.app_id();
+        let raw: RawConfig = ctx.config()?;
         let err = |key: &str, message: String| format!("apps.{app_id}.{key}: {message}");
 
         let sandbox = match raw.platform.as_deref() {
@@ -265,17 +258,12 @@ impl ApnsConfig {
         };
 
         let endpoint = match non_empty(&raw.endpoint) {
-            Some(url) => validate_endpoint(url).map_err(|m| err("endpoint", m))?,
+            Some(url) => sygnal_plugin_api::http::base_url(url).map_err(|m| err("endpoint", m))?,
             None if sandbox => SANDBOX_ENDPOINT.to_owned(),
             None => PRODUCTION_ENDPOINT.to_owned(),
         };
 
-        let retry = RetrySettings {
-            max_tries: raw.max_tries,
-            retry_delay_base: raw.retry_delay_base,
-        }
-        .policy()
-        .map_err(|message| format!("apps.{app_id}: {message}"))?;
+        let retry = RetrySettings::from_context(ctx)?;
 
         Ok(ApnsConfig {
             auth,
@@ -286,21 +274,6 @@ impl ApnsConfig {
             retry,
         })
     }
-}
-
-/// Checks `endpoint` is an http(s) base URL and returns it without a trailing slash.
-fn validate_endpoint(endpoint: &str) -> Result<String, String> {
-    let url = sygnal_plugin_api::http::reqwest::Url::parse(endpoint)
-        .map_err(|e| format!("invalid URL {endpoint:?}: {e}"))?;
-    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-        return Err(format!("{endpoint:?} is not an http(s) URL"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "{endpoint:?}: a base URL takes no query or fragment"
-        ));
-    }
-    Ok(endpoint.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]
@@ -317,8 +290,7 @@ mod tests {
     }
 
     fn parse(config: serde_json::Value) -> Result<ApnsConfig, String> {
-        let raw: RawConfig = ctx(config).config()?;
-        ApnsConfig::from_raw("com.example.ios", raw, |path| {
+        ApnsConfig::from_context(&ctx(config), |path| {
             if path.to_str() == Some("/missing") {
                 Err(std::io::Error::from(std::io::ErrorKind::NotFound))
             } else {
@@ -476,7 +448,7 @@ mod tests {
         let mut c = token_config();
         c["max_tries"] = json!(0);
         let e = parse(c).unwrap_err();
-        assert!(e.starts_with("apps.com.example.ios: max_tries"), "{e}");
+        assert!(e.starts_with("apps.com.example.ios.max_tries: "), "{e}");
     }
 
     #[test]

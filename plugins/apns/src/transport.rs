@@ -9,7 +9,7 @@ use crate::token::ProviderToken;
 use std::time::Instant;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{
-    client_builder, read_body_limited, retry, retry_after, Attempt, ClientOptions, RetryPolicy,
+    build_client, read_body_limited, retry, retry_after, Attempt, ClientOptions, RetryPolicy,
 };
 use sygnal_plugin_api::tracing;
 use sygnal_plugin_api::{HostInfo, Labels, Metrics, PushError};
@@ -131,15 +131,7 @@ impl Transport {
             client_identity_pem: identity,
             ..ClientOptions::default()
         };
-        // Prior knowledge on top of ALPN h2: hyper's pool then knows before connecting that the
-        // connection will be shared, so a burst of pushes on a cold (or just dropped)
-        // connection waits for one connection instead of opening one each. APNs wants few
-        // long-lived connections.
-        let client = client_builder(host, &options)
-            .map_err(|e| format!("apps.{app_id}: {e}"))?
-            .http2_prior_knowledge()
-            .build()
-            .map_err(|e| format!("apps.{app_id}: cannot build the HTTP client: {e}"))?;
+        let client = build_client(host, &options).map_err(|e| format!("apps.{app_id}: {e}"))?;
         Ok(Transport {
             app_id: app_id.to_owned(),
             client,

@@ -7,7 +7,6 @@
 
 use crate::oauth::ServiceAccount;
 use serde::Deserialize;
-use sygnal_plugin_api::http::reqwest::Url;
 use sygnal_plugin_api::http::{RetryPolicy, RetrySettings};
 use sygnal_plugin_api::{JsonObject, PushkinContext};
 
@@ -17,11 +16,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20;
 /// Where FCM lives unless `endpoint` says otherwise.
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
 
-/// The app section as written. Kept private: [`GcmConfig`] is the validated form.
-///
-/// `max_tries` and `retry_delay_base` are spelled out rather than flattening
-/// [`RetrySettings`]: serde's `flatten` buffers the whole map, which hides unknown keys from the
-/// host's "unrecognised key" warning and loses the key path in error messages.
+/// The app section as written (`max_tries` and `retry_delay_base` are read by
+/// [`RetrySettings::from_context`]). Kept private: [`GcmConfig`] is the validated form.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     api_version: Option<String>,
@@ -31,8 +27,6 @@ struct RawConfig {
     fcm_options: Option<JsonObject>,
     send_badge_counts: Option<bool>,
     max_connections: Option<usize>,
-    max_tries: Option<u32>,
-    retry_delay_base: Option<f64>,
     endpoint: Option<String>,
 }
 
@@ -74,10 +68,11 @@ impl GcmConfig {
     /// Reads and validates the app section, including the service account file for v1.
     pub fn from_context(ctx: &PushkinContext) -> Result<Self, String> {
         let raw: RawConfig = ctx.config()?;
-        Self::validate(ctx.app_id(), raw)
+        let retry = RetrySettings::from_context(ctx)?;
+        Self::validate(ctx.app_id(), raw, retry)
     }
 
-    fn validate(app_id: &str, raw: RawConfig) -> Result<Self, String> {
+    fn validate(app_id: &str, raw: RawConfig, retry: RetryPolicy) -> Result<Self, String> {
         let key_error = |key: &str, message: String| format!("apps.{app_id}.{key}: {message}");
 
         let legacy = match raw.api_version.as_deref() {
@@ -144,23 +139,9 @@ impl GcmConfig {
             return Err(key_error("max_connections", "must be at least 1".into()));
         }
 
-        let defaults = RetrySettings::default();
-        let settings = RetrySettings {
-            max_tries: raw.max_tries.unwrap_or(defaults.max_tries),
-            retry_delay_base: raw.retry_delay_base.unwrap_or(defaults.retry_delay_base),
-        };
-        let retry = settings.policy().map_err(|err| {
-            // The shared validator names the key at the start of its message.
-            let key = if err.starts_with("max_tries") {
-                "max_tries"
-            } else {
-                "retry_delay_base"
-            };
-            key_error(key, err)
-        })?;
-
         let endpoint = raw.endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        let endpoint = validate_base_url(&endpoint).map_err(|err| key_error("endpoint", err))?;
+        let endpoint = sygnal_plugin_api::http::base_url(&endpoint)
+            .map_err(|err| key_error("endpoint", err))?;
 
         Ok(GcmConfig {
             api,
@@ -175,18 +156,6 @@ impl GcmConfig {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
-}
-
-/// Checks that `url` is an absolute http(s) URL and returns it without a trailing slash.
-pub fn validate_base_url(url: &str) -> Result<String, String> {
-    let parsed = Url::parse(url).map_err(|err| format!("not a valid URL ({err})"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err("must be an http:// or https:// URL".to_owned());
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err("must not have a query or fragment".to_owned());
-    }
-    Ok(url.trim_end_matches('/').to_owned())
 }
 
 #[cfg(test)]

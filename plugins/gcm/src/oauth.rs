@@ -94,7 +94,7 @@ impl ServiceAccount {
         let token_uri = file
             .token_uri
             .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned());
-        crate::config::validate_base_url(&token_uri).map_err(|err| format!("token_uri {err}"))?;
+        sygnal_plugin_api::http::base_url(&token_uri).map_err(|err| format!("token_uri {err}"))?;
         Ok(ServiceAccount {
             client_email,
             key_id: file.private_key_id.filter(|id| !id.is_empty()),

@@ -35,8 +35,6 @@ struct Config {
     /// Seconds one POST to an endpoint may take.
     #[serde(default = "default_timeout")]
     timeout: f64,
-    #[serde(flatten)]
-    retry: RetrySettings,
 }
 
 fn default_timeout() -> f64 {
@@ -111,7 +109,7 @@ impl Pushkin for UnifiedPush {
     fn new(ctx: PushkinContext) -> Result<Self, String> {
         let config: Config = ctx.config()?;
         let key = |k: &str, err: String| format!("apps.{}.{k}: {err}", ctx.app_id());
-        let retry = config.retry.policy().map_err(|err| key("max_tries", err))?;
+        let retry = RetrySettings::from_context(&ctx)?;
         if !config.timeout.is_finite() || config.timeout <= 0.0 {
             return Err(key(
                 "timeout",
