@@ -344,6 +344,20 @@ fn httpdate_to_unix(value: &str) -> Option<u64> {
     Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
+/// A request error with its causes (where reqwest keeps the useful part), without the URL:
+/// URLs can hold secrets (an APNs device token, a UnifiedPush endpoint), which must not be logged.
+pub fn describe_error(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Reads a response body, refusing more than `limit` bytes.
 pub async fn read_body_limited(
     mut response: reqwest::Response,
@@ -493,6 +507,24 @@ mod tests {
         assert!(base_url("ftp://x").is_err());
         assert!(base_url("https://x/?q=1").is_err());
         assert!(base_url("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn described_errors_leave_the_url_out() {
+        install_crypto_provider();
+        let client = build_client(&HostInfo::default(), &ClientOptions::default()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let err = client
+            .post(format!("http://127.0.0.1:{port}/secret-device-token"))
+            .send()
+            .await
+            .unwrap_err();
+        let text = describe_error(err);
+        assert!(!text.contains("secret-device-token"), "{text}");
+        assert!(text.contains("connect"), "{text}");
     }
 
     #[test]

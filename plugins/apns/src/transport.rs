@@ -9,7 +9,8 @@ use crate::token::ProviderToken;
 use std::time::Instant;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{
-    build_client, read_body_limited, retry, retry_after, Attempt, ClientOptions, RetryPolicy,
+    build_client, describe_error, read_body_limited, retry, retry_after, Attempt, ClientOptions,
+    RetryPolicy,
 };
 use sygnal_plugin_api::tracing;
 use sygnal_plugin_api::{HostInfo, Labels, Metrics, PushError};
@@ -203,7 +204,7 @@ impl Transport {
             Ok(response) => response,
             Err(err) => {
                 return Ok(Attempt::Retry {
-                    reason: format!("cannot reach APNs: {}", describe(err)),
+                    reason: format!("cannot reach APNs: {}", describe_error(err)),
                     retry_after: None,
                 })
             }
@@ -260,19 +261,6 @@ impl Transport {
             }
         })
     }
-}
-
-/// A reqwest error with its causes, without the URL (it holds the device token).
-fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Counts a request in `sygnal_active_apns_requests` while alive, even if the dispatch is

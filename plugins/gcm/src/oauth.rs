@@ -15,7 +15,7 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use sygnal_plugin_api::http::{read_body_limited, reqwest};
+use sygnal_plugin_api::http::{describe_error, read_body_limited, reqwest};
 use tokio::sync::Mutex;
 
 /// The scope FCM v1 requires.
@@ -282,7 +282,7 @@ impl TokenSource {
             .body(body)
             .send()
             .await
-            .map_err(|err| temporary(format!("token request failed: {}", error_chain(&err))))?;
+            .map_err(|err| temporary(format!("token request failed: {}", describe_error(err))))?;
         let status = response.status();
         let body = read_body_limited(response, MAX_TOKEN_RESPONSE_BYTES)
             .await
@@ -322,18 +322,6 @@ impl TokenSource {
                 + lifetime.saturating_sub(Duration::from_secs(30).min(lifetime / 4)),
         })
     }
-}
-
-/// An error with its sources, which is where reqwest keeps the useful part.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Sending to FCM: the legacy batch request, v1's per-device requests, retries, the
 //! `max_connections` limit and Sygnal's metrics.
 
-use crate::oauth::{error_chain, TokenSource};
+use crate::oauth::TokenSource;
 use crate::payload::{self, ApiVersion, Data};
 use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome, V1Outcome};
 use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use sygnal_plugin_api::http::describe_error;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
@@ -391,7 +392,7 @@ impl Transport {
             let response = request
                 .send()
                 .await
-                .map_err(|err| format!("FCM request failed: {}", error_chain(&err)))?;
+                .map_err(|err| format!("FCM request failed: {}", describe_error(err)))?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let body = read_body_limited(response, MAX_RESPONSE_BYTES).await?;

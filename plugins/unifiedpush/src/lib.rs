@@ -181,7 +181,10 @@ impl UnifiedPush {
                     Ok(response) => response,
                     Err(err) => {
                         return Ok(Attempt::Retry {
-                            reason: format!("endpoint {host} unreachable: {}", error_chain(&err)),
+                            reason: format!(
+                                "endpoint {host} unreachable: {}",
+                                http::describe_error(err)
+                            ),
                             retry_after: None,
                         })
                     }
@@ -205,17 +208,6 @@ impl UnifiedPush {
         })
         .await
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 export_pushkin!(UnifiedPush);
