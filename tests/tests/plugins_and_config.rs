@@ -71,6 +71,46 @@ async fn a_pushkin_built_outside_the_workspace_loads_by_path() {
 }
 
 #[tokio::test]
+async fn plugins_dirs_extend_the_search_path_for_kinds() {
+    let lib = build_external_pushkin();
+    let dir = tempfile::tempdir().unwrap();
+    // Named by the convention, a library is found by its kind.
+    std::fs::copy(&lib, dir.path().join(library_file_name("acme"))).unwrap();
+    let apps = "org.acme.app:\n  type: acme\n  deny: ['bad-key']\n";
+    let config = format!("plugins:\n  dirs: ['{}']", dir.path().display());
+    let gw = Gateway::builder(apps).extra_yaml(&config).start().await;
+    let body =
+        json!({"notification": {"devices": [{"app_id": "org.acme.app", "pushkey": "bad-key"}]}});
+    assert_eq!(
+        gw.notify(body).await,
+        (200, json!({"rejected": ["bad-key"]}))
+    );
+    // Without the directory, the kind is unknown.
+    let (status, output) = Gateway::builder(apps).start_expecting_failure().await;
+    assert!(!status.success());
+    assert!(output.contains("no plugin for type `acme`"), "{output}");
+    // A library whose file name promises another kind is refused.
+    std::fs::copy(&lib, dir.path().join(library_file_name("other"))).unwrap();
+    let (status, output) = Gateway::builder("org.acme.app:\n  type: other\n")
+        .extra_yaml(&config)
+        .start_expecting_failure()
+        .await;
+    assert!(!status.success());
+    assert!(
+        output.contains("implements kind `acme`, not `other`"),
+        "{output}"
+    );
+}
+
+fn library_file_name(kind: &str) -> String {
+    format!(
+        "{}sygnal_pushkin_{kind}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+#[tokio::test]
 async fn incompatible_libraries_fail_startup_with_a_clear_reason() {
     for (fixture, expected) in [
         (

@@ -114,7 +114,10 @@ async fn failures_are_retried_then_reported() {
     assert_eq!(gw.notify(notify_body(&pushkey)).await.0, 502);
     assert_eq!(endpoint.hits(), 3);
     // Nothing listening: connection errors are retried the same way.
-    let closed = format!("http://127.0.0.1:{}/up/secret-token", sygnal_tests::free_port());
+    let closed = format!(
+        "http://127.0.0.1:{}/up/secret-token",
+        sygnal_tests::free_port()
+    );
     assert_eq!(gw.notify(notify_body(&closed)).await.0, 502);
     // The endpoint URL is the pushkey: it never reaches the logs, not even in errors.
     let logs = gw.logs();

@@ -338,6 +338,22 @@ async fn v1_synapse_bodies() {
 
 #[tokio::test]
 async fn v1_through_an_authenticating_connect_proxy() {
+    push_through_proxy(ProxySetting::Config).await;
+}
+
+#[tokio::test]
+async fn v1_through_the_https_proxy_environment_variable() {
+    push_through_proxy(ProxySetting::Environment).await;
+}
+
+enum ProxySetting {
+    /// The config's `proxy` key.
+    Config,
+    /// `HTTPS_PROXY`, used when the config has no `proxy`.
+    Environment,
+}
+
+async fn push_through_proxy(setting: ProxySetting) {
     let pki = sygnal_tests::tls::TestPki::new();
     let fake = Fake::new();
     let server = serve_tls(
@@ -348,11 +364,12 @@ async fn v1_through_an_authenticating_connect_proxy() {
     let up = Upstream::with(fake, server);
     let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "proxy-pass"))).await;
     let proxy_url = proxy.url();
-    let gateway = Gateway::builder(&up.v1_app(""))
-        .extra_yaml(&format!("proxy: {proxy_url}"))
-        .env("SSL_CERT_FILE", pki.ca_file())
-        .start()
-        .await;
+    let builder = Gateway::builder(&up.v1_app("")).env("SSL_CERT_FILE", pki.ca_file());
+    let builder = match setting {
+        ProxySetting::Config => builder.extra_yaml(&format!("proxy: {proxy_url}")),
+        ProxySetting::Environment => builder.env("HTTPS_PROXY", &proxy_url),
+    };
+    let gateway = builder.start().await;
     let a = key("a");
     let (status, answer) = gateway.notify(notification(&[&a])).await;
     assert_eq!(
