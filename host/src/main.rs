@@ -164,11 +164,6 @@ fn start(
 }
 
 fn check(config_path: Option<PathBuf>) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| err.to_string())?;
-    let _entered = runtime.enter();
     let (_, table, plugins) = start(config_path)?;
     let count = table.apps().count();
     drop(table);
@@ -220,10 +215,7 @@ fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the runtime: {err}"))?;
-    let (config, table, plugins) = {
-        let _entered = runtime.enter();
-        start(config_path)?
-    };
+    let (config, table, plugins) = start(config_path)?;
     let result = runtime.block_on(run(config, table));
     shutdown_libraries(&plugins);
     runtime.shutdown_timeout(Duration::from_secs(1));

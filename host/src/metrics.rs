@@ -169,7 +169,7 @@ fn render_histogram(out: &mut String, name: &str, labels: &str, series: &Series)
         cumulative += bucket.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "{name}_bucket{{{labels}{separator}le=\"{upper:?}\"}} {cumulative:?}.0"
+            "{name}_bucket{{{labels}{separator}le=\"{upper:?}\"}} {cumulative}.0"
         );
     }
     let count = series.count.load(Ordering::Relaxed);
