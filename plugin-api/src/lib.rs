@@ -7,7 +7,7 @@
 //! [`export_pushkin!`] line; the SDK in this crate takes care of the stable ABI, the plugin's own
 //! async runtime, panics, and forwarding logs and metrics to the host.
 //!
-//! ```ignore
+//! ```no_run
 //! use sygnal_plugin_api::{export_pushkin, Notification, PushError, Pushkin, PushkinContext};
 //!
 //! pub struct Echo { app_id: String }
