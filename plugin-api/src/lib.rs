@@ -49,7 +49,7 @@ pub mod text;
 pub mod http;
 
 pub use host_info::{redact_url_credentials, HostInfo, PluginInfo};
-pub use metrics::{Labels, Metrics};
+pub use metrics::{GaugeGuard, Labels, Metrics};
 pub use notification::{Counts, Device, JsonObject, Notification, Tweaks};
 pub use sdk::{PushError, Pushkin, PushkinContext};
 

@@ -94,15 +94,73 @@ impl Metrics {
         self.report(MetricOp::GaugeAdd, name, help, labels, delta);
     }
 
+    /// Adds one to a gauge now and takes it back when the guard is dropped, so an in-flight
+    /// count stays right even when the dispatch is cancelled mid-request.
+    pub fn gauge_guard<'a>(
+        &self,
+        name: &'a str,
+        help: &'a str,
+        labels: &'a Labels,
+    ) -> GaugeGuard<'a> {
+        self.gauge_add(name, help, labels, 1.0);
+        GaugeGuard {
+            metrics: *self,
+            name,
+            help,
+            labels,
+        }
+    }
+
     /// Records an observation (in seconds, for timings) in a histogram.
     pub fn histogram_observe(&self, name: &str, help: &str, labels: &Labels, value: f64) {
         self.report(MetricOp::HistogramObserve, name, help, labels, value);
     }
 }
 
+/// Counts something in flight in a gauge while alive (see [`Metrics::gauge_guard`]).
+#[must_use = "the gauge is decremented when the guard is dropped"]
+pub struct GaugeGuard<'a> {
+    metrics: Metrics,
+    name: &'a str,
+    help: &'a str,
+    labels: &'a Labels,
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge_add(self.name, self.help, self.labels, -1.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gauge_guards_add_and_take_back() {
+        use std::sync::Mutex;
+        static SEEN: Mutex<Vec<(MetricOp, String, f64)>> = Mutex::new(Vec::new());
+        extern "C" fn record(op: MetricOp, name: RStr<'_>, _: RStr<'_>, _: RStr<'_>, value: f64) {
+            SEEN.lock()
+                .unwrap()
+                .push((op, name.as_str().to_owned(), value));
+        }
+        let metrics = Metrics::new(record);
+        let labels = Labels::default();
+        {
+            let _guard = metrics.gauge_guard("active", "help", &labels);
+            assert_eq!(SEEN.lock().unwrap().len(), 1);
+        }
+        let seen = SEEN.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (MetricOp::GaugeAdd, "active".to_owned(), 1.0),
+                (MetricOp::GaugeAdd, "active".to_owned(), -1.0)
+            ]
+        );
+    }
 
     #[test]
     fn labels_render_and_escape() {

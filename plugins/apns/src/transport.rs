@@ -191,7 +191,9 @@ impl Transport {
 
         let started = Instant::now();
         let result = {
-            let _in_flight = InFlight::start(self.metrics, &self.no_labels);
+            let _in_flight =
+                self.metrics
+                    .gauge_guard(ACTIVE_REQUESTS, ACTIVE_REQUESTS_HELP, &self.no_labels);
             request.send().await
         };
         self.metrics.histogram_observe(
@@ -260,27 +262,6 @@ impl Transport {
                 return Err(PushError::permanent(format!("APNs answered {described}")))
             }
         })
-    }
-}
-
-/// Counts a request in `sygnal_active_apns_requests` while alive, even if the dispatch is
-/// cancelled mid-request.
-struct InFlight<'a> {
-    metrics: Metrics,
-    labels: &'a Labels,
-}
-
-impl<'a> InFlight<'a> {
-    fn start(metrics: Metrics, labels: &'a Labels) -> Self {
-        metrics.gauge_add(ACTIVE_REQUESTS, ACTIVE_REQUESTS_HELP, labels, 1.0);
-        InFlight { metrics, labels }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.metrics
-            .gauge_add(ACTIVE_REQUESTS, ACTIVE_REQUESTS_HELP, self.labels, -1.0);
     }
 }
 

@@ -79,27 +79,7 @@ pub struct Transport {
     fallback_user_agent: bool,
     metrics: Metrics,
     pushkin_labels: Labels,
-}
-
-/// Adds `delta` to a gauge now and takes it back when dropped, so cancelled requests
-/// (the host dropped the dispatch) do not leave gauges off.
-struct GaugeGuard<'a> {
-    metrics: &'a Metrics,
-    gauge: (&'static str, &'static str),
-}
-
-impl<'a> GaugeGuard<'a> {
-    fn new(metrics: &'a Metrics, gauge: (&'static str, &'static str)) -> Self {
-        metrics.gauge_add(gauge.0, gauge.1, &Labels::default(), 1.0);
-        GaugeGuard { metrics, gauge }
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.metrics
-            .gauge_add(self.gauge.0, self.gauge.1, &Labels::default(), -1.0);
-    }
+    no_labels: Labels,
 }
 
 /// What building a transport needs (see [`Transport::new`]).
@@ -137,6 +117,7 @@ impl Transport {
             fallback_user_agent: settings.fallback_user_agent,
             metrics: settings.metrics,
             pushkin_labels: Labels::new(&[("pushkin", &settings.app_id)]),
+            no_labels: Labels::default(),
         }
     }
 
@@ -370,7 +351,9 @@ impl Transport {
 
         let queued = Instant::now();
         let permit = {
-            let _pending = GaugeGuard::new(&self.metrics, PENDING);
+            let _pending = self
+                .metrics
+                .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
             self.slots.acquire().await
         };
         self.observe(QUEUE_TIME, queued.elapsed());
@@ -378,7 +361,9 @@ impl Transport {
         let _permit = permit.map_err(|_| "the connection limiter is closed".to_owned())?;
 
         let started = Instant::now();
-        let _active = GaugeGuard::new(&self.metrics, ACTIVE);
+        let _active = self
+            .metrics
+            .gauge_guard(ACTIVE.0, ACTIVE.1, &self.no_labels);
         let mut request = self
             .client
             .post(url)
@@ -418,7 +403,7 @@ impl Transport {
         self.metrics.histogram_observe(
             histogram.0,
             histogram.1,
-            &Labels::default(),
+            &self.no_labels,
             elapsed.as_secs_f64(),
         );
     }
