@@ -37,6 +37,8 @@
 //! - [`http`] (feature `http`): the outbound HTTP client and retry policy shared by HTTP pushkins.
 //! - [`abi`]: the binary interface itself, for the host.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 mod host_info;
 mod logging;
