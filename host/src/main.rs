@@ -113,11 +113,12 @@ fn cores() -> usize {
 
 fn host_ctx(
     config: &config::Config,
+    proxy: Option<String>,
     level: tracing::level_filters::LevelFilter,
 ) -> Result<HostCtx, String> {
     let info = HostInfo {
         host_version: env!("CARGO_PKG_VERSION").to_owned(),
-        proxy: config::effective_proxy(config),
+        proxy,
         extra_root_certs: std::env::var_os("SSL_CERT_FILE")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
@@ -150,11 +151,12 @@ fn start(
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    if let Some(proxy) = config::effective_proxy(&loaded.config) {
-        tracing::info!(proxy = %sygnal_plugin_api::redact_url_credentials(&proxy), "outbound connections use a proxy");
+    let proxy = config::effective_proxy(&loaded.config);
+    if let Some(proxy) = &proxy {
+        tracing::info!(proxy = %sygnal_plugin_api::redact_url_credentials(proxy), "outbound connections use a proxy");
     }
     let plugins = registry::PluginRegistry::new(&loaded.config.plugins.dirs);
-    let ctx = host_ctx(&loaded.config, level)?;
+    let ctx = host_ctx(&loaded.config, proxy, level)?;
     let table = apps::build(&loaded.apps, &plugins, &ctx)?;
     for app in table.apps() {
         let library = app.library();
