@@ -14,7 +14,7 @@ use fake_fcm::{Fake, Reply, CLIENT_EMAIL};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use sygnal_tests::gateway::Gateway;
-use sygnal_tests::serve::{serve_http, TestServer};
+use sygnal_tests::serve::{serve_http, serve_tls, TestServer};
 
 const APP: &str = "com.example.android";
 const API_KEY: &str = "test-api-key-AAAASECRETKEY";
@@ -34,6 +34,17 @@ impl Upstream {
     async fn http() -> Self {
         let fake = Fake::new();
         let server = serve_http(fake_fcm::router(Arc::clone(&fake))).await;
+        Self::with(fake, server)
+    }
+
+    /// A fake FCM and token endpoint over TLS (HTTP/2 or 1.1), trusting `pki`'s CA.
+    async fn tls(pki: &sygnal_tests::tls::TestPki) -> Self {
+        let fake = Fake::new();
+        let server = serve_tls(
+            fake_fcm::router(Arc::clone(&fake)),
+            pki.server_config(&[b"h2", b"http/1.1"]),
+        )
+        .await;
         Self::with(fake, server)
     }
 

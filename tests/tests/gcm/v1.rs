@@ -1,13 +1,12 @@
 //! HTTP v1 API: request shape, per-device requests, responses, OAuth tokens, concurrency, proxy.
 
-use super::fake_fcm::{Fake, Reply};
+use super::fake_fcm::Reply;
 use super::*;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sygnal_tests::gateway::Gateway;
-use sygnal_tests::serve::serve_tls;
 
 #[tokio::test]
 async fn v1_request_shape_and_auth() {
@@ -355,13 +354,7 @@ enum ProxySetting {
 
 async fn push_through_proxy(setting: ProxySetting) {
     let pki = sygnal_tests::tls::TestPki::new();
-    let fake = Fake::new();
-    let server = serve_tls(
-        fake_fcm::router(Arc::clone(&fake)),
-        pki.server_config(&[b"h2", b"http/1.1"]),
-    )
-    .await;
-    let up = Upstream::with(fake, server);
+    let up = Upstream::tls(&pki).await;
     let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "proxy-pass"))).await;
     let proxy_url = proxy.url();
     let builder = Gateway::builder(&up.v1_app("")).env("SSL_CERT_FILE", pki.ca_file());
@@ -405,13 +398,7 @@ async fn push_through_proxy(setting: ProxySetting) {
 #[tokio::test]
 async fn v1_proxy_refusing_our_credentials_fails_the_push() {
     let pki = sygnal_tests::tls::TestPki::new();
-    let fake = Fake::new();
-    let server = serve_tls(
-        fake_fcm::router(Arc::clone(&fake)),
-        pki.server_config(&[b"h2", b"http/1.1"]),
-    )
-    .await;
-    let up = Upstream::with(fake, server);
+    let up = Upstream::tls(&pki).await;
     let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "right"))).await;
     let wrong = proxy.url().replace(":right@", ":wrong@");
     let gateway = Gateway::builder(&up.v1_app("  max_tries: 1\n"))
