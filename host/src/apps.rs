@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use sygnal_plugin_api::abi::{HostCtx, PushkinBox};
+use sygnal_plugin_api::text::glob_match;
 
 /// One configured app and its pushkin instance.
 pub struct App {
@@ -157,55 +158,4 @@ pub fn build(
 
 fn is_pattern(app_id: &str) -> bool {
     app_id.contains(['*', '?'])
-}
-
-/// Whole-string, case-sensitive glob match: `*` any run of characters, `?` exactly one.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0, 0);
-    // Where to resume after the last `*`: (pattern index after it, text index it matched up to).
-    let mut backtrack: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                backtrack = Some((p + 1, t));
-                p += 1;
-            }
-            Some(&c) if c == '?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match backtrack {
-                Some((after_star, matched)) => {
-                    p = after_star;
-                    t = matched + 1;
-                    backtrack = Some((after_star, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn glob_semantics() {
-        assert!(glob_match("com.example.*", "com.example.ios"));
-        assert!(glob_match("com.example.*", "com.example."));
-        assert!(!glob_match("com.example.*", "com.example"));
-        assert!(glob_match("com.?xample.ios", "com.example.ios"));
-        assert!(!glob_match("com.?xample.ios", "com.xample.ios"));
-        assert!(glob_match("*.ios", "a.b.ios"));
-        assert!(!glob_match("*.ios", "a.b.iOS"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
-        assert!(!glob_match("a*b*c", "aXXbYY"));
-        assert!(glob_match("*", ""));
-        assert!(!glob_match("?", ""));
-        assert!(glob_match("ü?", "üß"));
-    }
 }

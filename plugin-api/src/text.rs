@@ -1,4 +1,4 @@
-//! Truncation that never splits a character.
+//! Text helpers: truncation that never splits a character, and glob matching.
 
 /// The longest prefix of `s` at most `max_bytes` bytes long that ends on a character boundary.
 pub fn truncate_to_bytes(s: &str, max_bytes: usize) -> &str {
@@ -30,6 +30,36 @@ pub fn truncate_with_ellipsis(s: &str, max_bytes: usize) -> std::borrow::Cow<'_,
     format!("{kept}{ELLIPSIS}").into()
 }
 
+/// Whole-string, case-sensitive glob match: `*` any run of characters, `?` exactly one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    // Where to resume after the last `*`: (pattern index after it, text index it matched up to).
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                backtrack = Some((p + 1, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((after_star, matched)) => {
+                    p = after_star;
+                    t = matched + 1;
+                    backtrack = Some((after_star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +83,21 @@ mod tests {
         assert_eq!(cut, "éé…");
         assert!(cut.len() <= 7);
         assert_eq!(truncate_with_ellipsis("short", 10), "short");
+    }
+
+    #[test]
+    fn glob_semantics() {
+        assert!(glob_match("com.example.*", "com.example.ios"));
+        assert!(glob_match("com.example.*", "com.example."));
+        assert!(!glob_match("com.example.*", "com.example"));
+        assert!(glob_match("com.?xample.ios", "com.example.ios"));
+        assert!(!glob_match("com.?xample.ios", "com.xample.ios"));
+        assert!(glob_match("*.ios", "a.b.ios"));
+        assert!(!glob_match("*.ios", "a.b.iOS"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("?", ""));
+        assert!(glob_match("ü?", "üß"));
     }
 }

@@ -11,6 +11,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use sygnal_plugin_api::http::reqwest;
+use sygnal_plugin_api::text::glob_match;
 
 /// Host globs the operator allows whatever they resolve to.
 #[derive(Debug, Clone, Default)]
@@ -32,37 +33,6 @@ impl Allowlist {
             .to_ascii_lowercase();
         self.0.iter().any(|glob| glob_match(glob, &host))
     }
-}
-
-fn glob_match(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => {
-            pattern.len() == text.len()
-                && pattern
-                    .chars()
-                    .zip(text.chars())
-                    .all(|(p, t)| p == '?' || p == t)
-        }
-        Some((head, tail)) => {
-            let Some(rest) = strip_prefix_glob(head, text) else {
-                return false;
-            };
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob_match(tail, &rest[i..]))
-        }
-    }
-}
-
-fn strip_prefix_glob<'a>(prefix: &str, text: &'a str) -> Option<&'a str> {
-    let mut chars = text.char_indices();
-    for p in prefix.chars() {
-        let (_, t) = chars.next()?;
-        if p != '?' && p != t {
-            return None;
-        }
-    }
-    Some(chars.as_str())
 }
 
 /// True for addresses on the public internet; false for loopback, private, link-local,
