@@ -28,7 +28,8 @@ die() { echo "FAIL: $*"; exit 1; }
 
 # --- processes ------------------------------------------------------------------------------
 tree_pids() {  # $@ = root pids -> the live ones and all their descendants, space separated
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$*" '
+  # processes come and go while cat reads them: a vanished one is not an error
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$*" '
     { p = $1; s = $0; sub(/^.*\) /, "", s); split(s, a, " "); if (a[1] != "Z") par[p] = a[2] }
     END { n = split(roots, q, " "); for (i = 1; i <= n; i++) if (q[i] in par) inq[q[i]] = 1
           ch = 1; while (ch) { ch = 0; for (p in par) if (!(p in inq) && (par[p] in inq)) { inq[p] = 1; ch = 1 } }
@@ -89,6 +90,8 @@ bench_cleanup() {
 # Call first: traps, work dir, lock (one run per WORK), leftovers of a killed run.
 bench_init() {
   set +m   # no job control: background children share our process group
+  set -E   # the ERR trap also fires inside functions: no failure goes unexplained
+  trap 'bench_rc=$?; echo "FAIL: ${0##*/}: line $LINENO: \`$BASH_COMMAND\` exited $bench_rc"' ERR
   trap bench_cleanup EXIT
   trap 'echo "FAIL: interrupted"; exit 1' INT TERM HUP
   mkdir -p "$WORK"
@@ -202,7 +205,7 @@ start_upstreams() {
   port_open $UP_PORT && port_open $APNS_PORT ||
     die "fake upstreams did not listen: $(tail -1 "$WORK/nginx/logs/error.log" 2>/dev/null)"
   for _ in $(seq 1 50); do
-    NGX_WORKERS=$(for p in $(tree_pids "$NGX_PID"); do [ "$p" != "$NGX_PID" ] && echo "$p"; done | tr '\n' ' ' | sed 's/ $//')
+    NGX_WORKERS=$(tree_pids "$NGX_PID" | awk -v master="$NGX_PID" '{ for (i = 1; i <= NF; i++) if ($i != master) { printf "%s%s", sep, $i; sep = " " } }')
     [ -n "$NGX_WORKERS" ] && break; sleep 0.05
   done
   [ -n "$NGX_WORKERS" ] || die "no nginx worker under master $NGX_PID"

@@ -85,7 +85,7 @@ if perf_works; then
   grep -E '^ +[0-9]' "$OUTDIR/by-thread.txt" | head -n 8 || true
   echo "== by library"; grep -E '^ +[0-9]' "$OUTDIR/by-dso.txt" | head -n 10 || true
   echo "== by category (self time)"; cat "$OUTDIR/categories.txt"
-  echo "== top symbols (self time)"; grep -E '^ +[0-9]' "$OUTDIR/symbols.txt" | head -n 30 || true
+  echo "== top symbols (self time)"; grep -E "^ +[0-9]" "$OUTDIR/symbols.txt" | sed "s/[ -]*$//" | head -n 30 || true
   echo "(full reports in $OUTDIR)"
 else
   ensure_packages valgrind:valgrind

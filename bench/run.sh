@@ -129,7 +129,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0)
   else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 SUMMARY="$RES/summary.tsv"
-printf 'scenario\tconns\tgw_rps\tceiling_rps\tratio_pct\tp50_ms\tp90_ms\tp99_ms\tmax_ms\tfailed\tgw_cpu\tgw_peak_rss_mb\tready_ms\tidle_rss_mb\tupstream_req_per_notif\tupstream_new_conns\tforeign_cpu\tceiling_p99_ms\n' > "$SUMMARY"
+printf 'scenario\tconns\tgw_rps\tgw_ok_rps\tceiling_rps\tratio_pct\tp50_ms\tp90_ms\tp99_ms\tmax_ms\tfailed\tgw_cpu\tgw_peak_rss_mb\tready_ms\tidle_rss_mb\tupstream_req_per_notif\tupstream_new_conns\tforeign_cpu\tceiling_p99_ms\n' > "$SUMMARY"
 NOTES=""
 for s in $SCENARIOS; do
   scenario "$s"
@@ -142,7 +142,7 @@ for s in $SCENARIOS; do
   got=$(notify "$body")
   [ "$got" = "$SANITY_WANT" ] || die "$s: sanity notification answered '$got', want '$SANITY_WANT' (log: $(tail -n 2 "$WORK/gateway.log" | tr '\n' ' '))"
   say "$s: gateway pid $GW_PID ready in ${ready_ms} ms, idle RSS ${idle_rss} MB; sanity notification ok"
-  [ -n "$CEIL_NOTE" ] && NOTES="$NOTES\n- $s: $CEIL_NOTE"
+  [ -z "$CEIL_NOTE" ] || NOTES="$NOTES\n- $s: $CEIL_NOTE"
   for C in $CONNS_S; do
     gw_rps=(); ce_rps=(); gw_p99=(); row=""; crow=""
     for r in $(seq 1 "$ROUNDS"); do
@@ -169,9 +169,10 @@ for s in $SCENARIOS; do
     X=$(median "${gw_rps[@]}"); Y=$(median "${ce_rps[@]}"); Z=$(median "${gw_p99[@]}")
     # upstream requests the fake saw per notification the last round completed (warm-up included)
     per=$(awk -v u="$upreq" -v n="$done_r" 'BEGIN { printf "%.2f", (n > 0 ? u / n : 0) }')
-    IFS=$'\t' read -r _ _ _ p50 p90 _ mx _ _ gcpu _ _ _ fo hwm _ _ _ _ <<<"$row"
-    printf '%s\t%s\t%.0f\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-      "$s" "$C" "$X" "$Y" "$(awk -v x="$X" -v y="$Y" 'BEGIN { printf "%.1f", (y > 0 ? 100 * x / y : 0) }')" \
+    IFS=$'\t' read -r _ _ _ p50 p90 _ mx n2 _ gcpu _ _ _ fo hwm _ nreq dur _ <<<"$row"
+    ok=$(awk -v n="$nreq" -v b="$n2" -v d="$dur" 'BEGIN { printf "%.0f", (d > 0 ? (n - b) / d : 0) }')
+    printf '%s\t%s\t%.0f\t%s\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+      "$s" "$C" "$X" "$ok" "$Y" "$(awk -v x="$X" -v y="$Y" 'BEGIN { printf "%.1f", (y > 0 ? 100 * x / y : 0) }')" \
       "$p50" "$p90" "$Z" "$mx" "$failed" "$gcpu" "$hwm" "$ready_ms" "$idle_rss" "$per" "$upconn" "$fo" \
       "$(cut -f6 <<<"$crow")" >> "$SUMMARY"
     say "$s c=$C: gateway $X/s vs ceiling $Y/s, p99 $Z ms, $failed failed, peak RSS $hwm MB"
@@ -184,16 +185,17 @@ done
   echo "## bench/run.sh $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, commit $(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo
   echo "${DURATION} s measured after ${WARMUP} s warm-up per run, ${ROUNDS} round(s) (medians); gateway apps at default settings."
-  [ -n "$PROVISIONAL" ] && echo "**$PROVISIONAL.**"
+  if [ -n "$PROVISIONAL" ]; then echo "**$PROVISIONAL.**"; fi
   echo
-  echo "| scenario | conns | gateway/s | ceiling/s | ratio | p50 ms | p90 ms | p99 ms | max ms | failed | gw CPU % | peak RSS MB | ready ms | idle RSS MB | upstream req/notif | new upstream conns | other CPU % |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  tail -n +2 "$SUMMARY" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 }'
+  echo "| scenario | conns | gateway/s | 2xx/s | ceiling/s | ratio | p50 ms | p90 ms | p99 ms | max ms | failed | gw CPU % | peak RSS MB | ready ms | idle RSS MB | upstream req/notif | new upstream conns | other CPU % |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  tail -n +2 "$SUMMARY" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 }'
   echo
+  echo "gateway/s = answers per second (the ratio uses it), 2xx/s = successful ones (measured run);"
   echo "failed = non-2xx responses + socket errors, warm-ups included; CPU in core-% (200 = both cores);"
   echo "other CPU = the machine's busy time not spent in the gateway, the fake upstream or the load generator"
   echo "(above ${MAX_FOREIGN}% the figure is disturbed by other work)."
-  [ -n "$NOTES" ] && printf "%b\n" "$NOTES"
+  if [ -n "$NOTES" ]; then printf "%b\n" "$NOTES"; fi
 } > "$RES/summary.md"
 cat "$RES/summary.md"

@@ -68,7 +68,9 @@ received() {  # notifications the gateway has received so far (its /metrics)
 }
 [ -n "$(received)" ] || die "the gateway's /metrics has no sygnal_notifications_received_total"
 
-sampler() {  # runs in the background until killed
+sampler() {  # runs in the background until killed; a failed reading is a zero, never an exit
+  set +e
+  trap - ERR
   local t0=$1
   while :; do
     local now rss hwm thr fds rec
@@ -94,15 +96,19 @@ SCRIPT="$OUTDIR/soak-wrk.lua"
 cat "$BENCH_DIR/lua/soak.lua" > "$SCRIPT"
 cat >> "$SCRIPT" <<'LUA'
 
+local soak_threads = {}
+setup = function(thread) soak_threads[#soak_threads + 1] = thread end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT requests=%d non2xx=%d connect=%d read=%d write=%d timeout=%d p99_us=%d\n",
-    summary.requests, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(99)))
+  local rejected = 0
+  for _, t in ipairs(soak_threads) do rejected = rejected + (t:get("rejected_answers") or 0) end
+  io.write(string.format("RESULT requests=%d non2xx=%d connect=%d read=%d write=%d timeout=%d p99_us=%d rejected=%d\n",
+    summary.requests, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(99), rejected))
 end
 LUA
 
-printf 'chunk\tend_s\trequests\tnon2xx\tsock_err\tp99_ms\trps\n' > "$OUTDIR/chunks.tsv"
-done_total=0; chunk=0; start=$SECONDS
+printf 'chunk\tend_s\trequests\tnon2xx\tsock_err\tp99_ms\trps\trejecting_answers\n' > "$OUTDIR/chunks.tsv"
+done_total=0; rejected_total=0; failed_total=0; chunk=0; start=$SECONDS
 while [ "$done_total" -lt "$TOTAL" ] && [ $((SECONDS - start)) -lt "$MAX_S" ]; do
   chunk=$((chunk + 1))
   kill -0 "$GW_PID" 2>/dev/null || die "the gateway died during the soak (log: $(tail -n 2 "$WORK/gateway.log" | tr '\n' ' '))"
@@ -120,8 +126,11 @@ while [ "$done_total" -lt "$TOTAL" ] && [ $((SECONDS - start)) -lt "$MAX_S" ]; d
   req=$(get requests); n2=$(get non2xx)
   sock=$(( $(get connect) + $(get read) + $(get write) + $(get timeout) ))
   done_total=$((done_total + req))
-  printf '%d\t%d\t%d\t%d\t%d\t%.1f\t%.0f\n' "$chunk" $((SECONDS - start)) "$req" "$n2" "$sock" \
-    "$(awk -v p="$(get p99_us)" 'BEGIN { print p / 1000 }')" "$(awk -v r="$req" -v d="$CHUNK_S" 'BEGIN { print r / d }')" >> "$OUTDIR/chunks.tsv"
+  rej=$(get rejected); rejected_total=$((rejected_total + rej))
+  failed_total=$((failed_total + n2 + sock))
+  printf '%d\t%d\t%d\t%d\t%d\t%.1f\t%.0f\t%d\n' "$chunk" $((SECONDS - start)) "$req" "$n2" "$sock" \
+    "$(awk -v p="$(get p99_us)" 'BEGIN { print p / 1000 }')" "$(awk -v r="$req" -v d="$CHUNK_S" 'BEGIN { print r / d }')" \
+    "$rej" >> "$OUTDIR/chunks.tsv"
   say "chunk $chunk: $req notifications ($n2 non-2xx, $sock socket errors); $done_total of $TOTAL"
 done
 sleep "$SAMPLE_S"; sleep 1
@@ -172,7 +181,8 @@ fi
   echo "## bench/soak.sh $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, commit $(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo
   echo "$done_total notifications in ${elapsed} s ($chunk chunks of ${CHUNK_S} s, $CONNS connections); gateway answers: ${codes:-?}"
-  echo "non-2xx and socket errors per chunk: see chunks.tsv; gateway ready in $READY_MS ms, idle RSS $IDLE_RSS_MB MB"
+  echo "$rejected_total answers rejected a pushkey; $failed_total non-2xx answers or socket errors (per chunk: chunks.tsv)."
+  echo "Gateway ready in $READY_MS ms, idle RSS $IDLE_RSS_MB MB."
   echo
   echo "| after warm-up (${WARMUP_FRACTION} of the notifications) | first samples | last samples |"
   echo "|---|---|---|"

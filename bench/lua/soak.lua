@@ -88,3 +88,11 @@ request = function()
   end
   return wrk.format(nil, nil, nil, body)
 end
+
+-- Count the answers that reject a pushkey (read by soak.sh's done() through the thread table).
+rejected_answers = 0
+response = function(status, headers, body)
+  if status == 200 and body:find('"rejected":["', 1, true) then
+    rejected_answers = rejected_answers + 1
+  end
+end
