@@ -44,19 +44,23 @@ summarise_perf() {
   perf report "${common[@]}" --sort symbol -g caller,0.5,callee --percent-limit 2 > "$OUTDIR/callers.txt" 2>/dev/null || true
   # Shares by what the time goes to (self time, by symbol name patterns).
   perf report "${common[@]}" --sort symbol -g none --percent-limit 0 2>/dev/null |
-    awk '/^ +[0-9.]+%/ { p = $1; sub(/%/, "", p); sym = $0; sub(/^ +[0-9.]+% +\[[^]]*\] +/, "", sym)
+    awk '/^ +[0-9.]+%/ { p = $1; sub(/%/, "", p); kernel = ($2 == "[k]"); sym = $0
+      sub(/^ +[0-9.]+% +\[[^]]*\] +/, "", sym); sub(/[ -]*$/, "", sym)
       cat = "other"
-      if (sym ~ /malloc|free|realloc|_int_|tcache|cfree|arena|sdallocx|calloc|memalign/) cat = "allocator (malloc/free)"
-      else if (sym ~ /serde_json|serde::|BTreeMap|btree/) cat = "JSON (serde_json, maps)"
-      else if (sym ~ /hyper|h2::|http::|httparse|reqwest|axum|tower/) cat = "HTTP (hyper, h2, reqwest, axum)"
-      else if (sym ~ /rustls|ring_|ring::|aes|sha|gcm_/) cat = "TLS"
-      else if (sym ~ /tokio|mio|parking|futex|Condvar|Mutex|RawMutex/) cat = "runtime (tokio, parking, futex)"
+      if (kernel) cat = "kernel (syscalls, TCP, scheduling, wake-ups)"
+      else if (sym ~ /malloc|free|realloc|_int_|tcache|unlink_chunk|arena|calloc|memalign|sdallocx/) cat = "allocator (glibc malloc/free)"
+      else if (sym ~ /serde_json|serde::|serde_core|BTreeMap|btree/) cat = "JSON (serde_json, Value maps)"
+      else if (sym ~ /hyper|h2::|http::|httparse|reqwest|axum|tower|bytes::|http_body/) cat = "HTTP (hyper, reqwest, axum, bytes)"
+      else if (sym ~ /rustls|ring_core|(^|[^A-Za-z_])ring::|aes_|sha256|sha512|gcm_|chacha/) cat = "TLS (rustls, ring)"
+      else if (sym ~ /tokio|mio::|parking_lot|futex|Condvar|RawMutex|epoll/) cat = "async runtime (tokio, mio, parking)"
       else if (sym ~ /idna|url::|Url/) cat = "URL parsing (url, idna)"
-      else if (sym ~ /tracing|Span|Dispatch|callsite/) cat = "tracing"
+      else if (sym ~ /tracing|callsite|Dispatch/) cat = "tracing"
+      else if (sym ~ /metrics|Registry|Labels/) cat = "metrics (host registry, plugin sink)"
+      else if (sym ~ /core::fmt|fmt::|Formatter|Display|LowerHex/) cat = "formatting (core::fmt)"
       else if (sym ~ /abi_stable|async_ffi|RString|RVec|FfiFuture/) cat = "ABI (abi_stable, async-ffi)"
-      else if (sym ~ /memcpy|memmove|memset|memcmp|strlen/) cat = "memcpy/memset"
-      else if (sym ~ /^0x|unknown/) cat = "unresolved"
-      else if (sym ~ /^(__|do_|sys_|entry_|tcp_|ip_|sock|skb|ep_|schedule|__schedule|finish_task|switch|native_|syscall|copy_|_raw_spin|napi|net_|nf_|inet_|__x64|irq|loopback|process_backlog|try_to_wake)/) cat = "kernel (syscalls, TCP, scheduling)"
+      else if (sym ~ /memcpy|memmove|memset|memcmp|strlen/) cat = "memcpy/memmove/memcmp"
+      else if (sym ~ /clock_gettime|writev|__libc_recv|__libc_send|syscall|pthread_.*cancel|__GI___|read$|write$/) cat = "libc syscall wrappers, clock"
+      else if (sym ~ /^0x/) cat = "unresolved"
       share[cat] += p }
       END { for (c in share) printf "%6.1f%%  %s\n", share[c], c }' | sort -rn > "$OUTDIR/categories.txt" || true
 }

@@ -144,7 +144,7 @@ for s in $SCENARIOS; do
   say "$s: gateway pid $GW_PID ready in ${ready_ms} ms, idle RSS ${idle_rss} MB; sanity notification ok"
   [ -z "$CEIL_NOTE" ] || NOTES="$NOTES\n- $s: $CEIL_NOTE"
   for C in $CONNS_S; do
-    gw_rps=(); ce_rps=(); gw_p99=(); row=""; crow=""
+    gw_rps=(); gw_ok=(); ce_rps=(); gw_p99=(); row=""; crow=""
     for r in $(seq 1 "$ROUNDS"); do
       kill -0 "$GW_PID" 2>/dev/null || die "$s: the gateway died (log: $(tail -n 2 "$WORK/gateway.log" | tr '\n' ' '))"
       c0=$(ngx_counts)
@@ -161,18 +161,18 @@ for s in $SCENARIOS; do
       crow=$(row_of "$s-ceiling-r$r" "$C")
       [ -n "$crow" ] || die "$s: no result for the ceiling at $C connections (see $RES/raw, $RES/bench.log)"
       gw_rps+=("$(cut -f3 <<<"$row")"); gw_p99+=("$(cut -f6 <<<"$row")"); ce_rps+=("$(cut -f3 <<<"$crow")")
+      gw_ok+=("$(awk -F'\t' '{ printf "%.1f", ($18 > 0 ? ($17 - $8) / $18 : 0) }' <<<"$row")")
     done
     failed=0
     for r in $(seq 1 "$ROUNDS"); do
       read -r done_r failed_r < <(raw_sum "$s-gw-r$r" "$C"); failed=$(( failed + failed_r ))
     done
-    X=$(median "${gw_rps[@]}"); Y=$(median "${ce_rps[@]}"); Z=$(median "${gw_p99[@]}")
+    X=$(median "${gw_rps[@]}"); XOK=$(median "${gw_ok[@]}"); Y=$(median "${ce_rps[@]}"); Z=$(median "${gw_p99[@]}")
     # upstream requests the fake saw per notification the last round completed (warm-up included)
     per=$(awk -v u="$upreq" -v n="$done_r" 'BEGIN { printf "%.2f", (n > 0 ? u / n : 0) }')
-    IFS=$'\t' read -r _ _ _ p50 p90 _ mx n2 _ gcpu _ _ _ fo hwm _ nreq dur _ <<<"$row"
-    ok=$(awk -v n="$nreq" -v b="$n2" -v d="$dur" 'BEGIN { printf "%.0f", (d > 0 ? (n - b) / d : 0) }')
+    IFS=$'\t' read -r _ _ _ p50 p90 _ mx _ _ gcpu _ _ _ fo hwm _ _ _ _ <<<"$row"
     printf '%s\t%s\t%.0f\t%s\t%.0f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-      "$s" "$C" "$X" "$ok" "$Y" "$(awk -v x="$X" -v y="$Y" 'BEGIN { printf "%.1f", (y > 0 ? 100 * x / y : 0) }')" \
+      "$s" "$C" "$X" "$(printf '%.0f' "$XOK")" "$Y" "$(awk -v x="$XOK" -v y="$Y" 'BEGIN { printf "%.1f", (y > 0 ? 100 * x / y : 0) }')" \
       "$p50" "$p90" "$Z" "$mx" "$failed" "$gcpu" "$hwm" "$ready_ms" "$idle_rss" "$per" "$upconn" "$fo" \
       "$(cut -f6 <<<"$crow")" >> "$SUMMARY"
     say "$s c=$C: gateway $X/s vs ceiling $Y/s, p99 $Z ms, $failed failed, peak RSS $hwm MB"
@@ -192,7 +192,7 @@ done
   tail -n +2 "$SUMMARY" | awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s%% | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 }'
   echo
-  echo "gateway/s = answers per second (the ratio uses it), 2xx/s = successful ones (measured run);"
+  echo "gateway/s = answers per second, 2xx/s = successful ones (the ratio to the ceiling uses 2xx/s);"
   echo "failed = non-2xx responses + socket errors, warm-ups included; CPU in core-% (200 = both cores);"
   echo "other CPU = the machine's busy time not spent in the gateway, the fake upstream or the load generator"
   echo "(above ${MAX_FOREIGN}% the figure is disturbed by other work)."

@@ -161,7 +161,7 @@ if command -v gnuplot >/dev/null 2>&1; then
 set terminal pngcairo size 900,420 font "sans,10"
 set output "$OUTDIR/soak.png"
 set datafile separator "\t"
-set key top left
+set key bottom right
 set title "Soak: $done_total notifications through one gateway process ($CONNS connections)"
 set xlabel "notifications received (millions)"
 set ylabel "resident memory (MB)"
