@@ -107,8 +107,9 @@ pub fn build_data(
     };
     data.insert("prio".into(), prio.into());
 
-    // Sygnal sends a count only when it is non-zero: a zero unread count alone does not wake
-    // the device (Synapse sends one on every read receipt).
+    // Every count present is sent, zero included: the badge-only update Synapse sends after a
+    // read receipt (`unread: 0`) is what clears the badge. Sygnal 0.17 leaves zeros out, so
+    // badges never clear; Sygnal 0.15 sent them, as this does.
     let mut counts = Map::new();
     if send_badge_counts {
         let present = [
@@ -116,7 +117,7 @@ pub fn build_data(
             ("missed_calls", notification.counts.missed_calls),
         ];
         for (name, count) in present {
-            if let Some(count) = count.filter(|c| *c != 0) {
+            if let Some(count) = count {
                 let value = match api {
                     ApiVersion::Legacy => Value::from(count),
                     ApiVersion::V1 => Value::from(count.to_string()),

@@ -101,7 +101,7 @@ fn default_payload_comes_first_and_notification_fields_win() {
 
 #[test]
 fn default_payload_alone_does_not_make_a_badge_update_sendable() {
-    let badge = notification(json!({"counts": {"unread": 0}}));
+    let badge = notification(json!({"counts": {}}));
     let pusher = device(json!({"default_payload": {"aps": "x"}}));
     assert_eq!(
         build_data(&badge, &pusher, ApiVersion::V1, true),
@@ -183,28 +183,36 @@ fn send_badge_counts_false_leaves_counts_out() {
 }
 
 #[test]
-fn badge_only_updates_follow_sygnal() {
+fn badge_only_updates_are_sent_zero_counts_included() {
     let badge = |counts: Value| {
         notification(json!({"id": "", "type": null, "sender": "", "counts": counts}))
     };
-    // Nothing to say: not sent.
-    for counts in [
-        json!({"unread": 0}),
-        json!({}),
-        json!({"unread": 0, "missed_calls": 0}),
-    ] {
-        assert_eq!(
-            build_data(
-                &badge(counts.clone()),
-                &device(json!({})),
-                ApiVersion::V1,
-                true
-            ),
-            Data::Nothing,
-            "{counts}"
-        );
-    }
-    // A non-zero count is worth sending...
+    // No count at all: nothing to say, not sent.
+    assert_eq!(
+        build_data(&badge(json!({})), &device(json!({})), ApiVersion::V1, true),
+        Data::Nothing
+    );
+    // A zero count clears the badge: it is sent (v1 as a string, legacy as a number).
+    let legacy = sent(build_data(
+        &badge(json!({"unread": 0})),
+        &device(json!({})),
+        ApiVersion::Legacy,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(legacy),
+        json!({"sender": "", "prio": "high", "unread": 0})
+    );
+    let v1 = sent(build_data(
+        &badge(json!({"unread": 0, "missed_calls": 0})),
+        &device(json!({})),
+        ApiVersion::V1,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(v1),
+        json!({"sender": "", "prio": "high", "unread": "0", "missed_calls": "0"})
+    );
     let legacy = sent(build_data(
         &badge(json!({"unread": 4})),
         &device(json!({})),
@@ -290,9 +298,11 @@ fn real_synapse_bodies() {
             "prio": "high", "unread": 2,
         })
     );
+    // The badge-only update after a read receipt clears the badge.
+    let v1 = sent(build_data(badge, &badge.devices[0], ApiVersion::V1, true));
     assert_eq!(
-        build_data(badge, &badge.devices[0], ApiVersion::V1, true),
-        Data::Nothing
+        Value::Object(v1),
+        json!({"sender": "", "prio": "high", "unread": "0"})
     );
 }
 

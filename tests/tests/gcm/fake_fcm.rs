@@ -91,6 +91,8 @@ pub struct Fake {
     pub max_in_flight: AtomicUsize,
     /// The audience the assertion must name (the token_uri in the service account file).
     pub token_uri: Mutex<String>,
+    /// Legacy: registration ids answered `NotRegistered` in unscripted requests.
+    pub unregistered: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Fake {
@@ -292,17 +294,27 @@ async fn legacy_send(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
     if let Some(scripted) = fake.next_reply("*") {
         return reply(scripted);
     }
-    let recipients = if body.get("to").is_some() {
-        1
-    } else {
-        body["registration_ids"].as_array().map_or(0, Vec::len)
+    let recipients: Vec<&str> = match body.get("to") {
+        Some(to) => vec![to.as_str().unwrap_or("")],
+        None => body["registration_ids"]
+            .as_array()
+            .map(|ids| ids.iter().map(|id| id.as_str().unwrap_or("")).collect())
+            .unwrap_or_default(),
     };
-    let results: Vec<Value> = (0..recipients)
-        .map(|i| json!({"message_id": format!("0:{i}")}))
+    let unregistered = fake.unregistered.lock().unwrap();
+    let results: Vec<Value> = recipients
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match unregistered.contains(*id) {
+            true => json!({"error": "NotRegistered"}),
+            false => json!({"message_id": format!("0:{i}")}),
+        })
         .collect();
+    let failure = results.iter().filter(|r| r.get("error").is_some()).count();
     reply(Reply::new(
         200,
-        json!({"multicast_id": 1, "success": recipients, "failure": 0, "canonical_ids": 0, "results": results}),
+        json!({"multicast_id": 1, "success": results.len() - failure, "failure": failure,
+               "canonical_ids": 0, "results": results}),
     ))
 }
 
