@@ -26,6 +26,29 @@ pub const TEST_KEY_PEM: &str = include_str!("../../data/gcm-test-only-rsa-key.pe
 pub const CLIENT_EMAIL: &str = "sygnal-test@test-project.iam.gserviceaccount.com";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
+/// Where [`write_service_account`] writes the file in `dir`.
+pub fn service_account_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("service-account.json")
+}
+
+/// Writes a service account file for project `test-project` whose token endpoint is this
+/// fake's (served at `base_url`); returns its path.
+pub fn write_service_account(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let account = json!({
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "test-key-id",
+        "private_key": TEST_KEY_PEM,
+        "client_email": CLIENT_EMAIL,
+        "client_id": "1",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": format!("{base_url}/token"),
+    });
+    let path = service_account_path(dir);
+    std::fs::write(&path, account.to_string()).expect("service account file");
+    path
+}
+
 /// One scripted answer.
 #[derive(Clone, Debug)]
 pub struct Reply {
