@@ -66,6 +66,21 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// Parses what the host hands a pushkin: the notification's JSON, and the JSON array of the
+    /// devices routed to this pushkin, which replace the notification's own `devices`.
+    ///
+    /// Whatever the host accepted (see [`validate`](crate::validate)) parses.
+    pub fn from_dispatch_json(
+        notification_json: &str,
+        devices_json: &str,
+    ) -> Result<Notification, String> {
+        let mut notification: Notification = serde_json::from_str(notification_json)
+            .map_err(|err| format!("invalid notification from host: {err}"))?;
+        notification.devices = serde_json::from_str(devices_json)
+            .map_err(|err| format!("invalid devices from host: {err}"))?;
+        Ok(notification)
+    }
+
     /// True when the homeserver asked for low priority delivery (`prio: "low"`).
     pub fn is_low_priority(&self) -> bool {
         self.prio.as_deref() == Some("low")
