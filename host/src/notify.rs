@@ -7,7 +7,6 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Cow;
 use sygnal_plugin_api::validate;
 
 /// A valid notification: its raw JSON and its devices.
@@ -20,15 +19,7 @@ pub struct ParsedNotify<'a> {
 }
 
 /// One device: what routing needs, and the raw text handed to the plugin.
-#[derive(Debug)]
-pub struct DeviceRef<'a> {
-    /// The app id.
-    pub app_id: Cow<'a, str>,
-    /// The pushkey.
-    pub pushkey: Cow<'a, str>,
-    /// The device object as received.
-    pub raw: &'a RawValue,
-}
+pub type DeviceRef<'a> = validate::CheckedDevice<'a>;
 
 /// Why a body was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,18 +56,9 @@ pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
     }
     let checked = validate::notification(notification.get())
         .map_err(|invalid| BadRequest::BadJson(invalid.to_string()))?;
-    let devices = checked
-        .devices
-        .into_iter()
-        .map(|device| DeviceRef {
-            app_id: device.app_id,
-            pushkey: device.pushkey,
-            raw: device.raw,
-        })
-        .collect();
     Ok(ParsedNotify {
         notification,
-        devices,
+        devices: checked.devices,
     })
 }
 
