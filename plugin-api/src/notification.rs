@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 /// A JSON object.
 pub type JsonObject = Map<String, Value>;
 
+/// Matrix identifiers (room, event and user ids, room aliases) are at most this many bytes
+/// long (the spec's limit); pushkins may cut longer ones to fit a provider's payload limit.
+pub const MAX_ID_BYTES: usize = 255;
+
 /// One notification, with the devices routed to the pushkin receiving it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Notification {

@@ -186,3 +186,13 @@ fn ensure_object<'v>(value: &'v mut Value, key: &str) -> &'v mut Value {
     }
     slot
 }
+
+/// Notifications as a pushkin receives them: [`notification_json`] cases the host accepts,
+/// parsed as the SDK parses them (all devices routed to the pushkin).
+pub fn accepted_notifications() -> impl Strategy<Value = crate::Notification> {
+    notification_json().prop_filter_map("refused by the host", |json| {
+        let checked = crate::validate::notification(&json).ok()?;
+        let raws: Vec<&str> = checked.devices.iter().map(|d| d.raw.get()).collect();
+        crate::Notification::from_dispatch_json(&json, &format!("[{}]", raws.join(","))).ok()
+    })
+}

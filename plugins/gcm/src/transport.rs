@@ -40,6 +40,10 @@ const ACTIVE: (&str, &str) = (
     "sygnal_active_gcm_requests",
     "Number of GCM requests in flight",
 );
+const DROPPED: (&str, &str) = (
+    "sygnal_gcm_dropped",
+    "Notifications not sent to GCM because they can never be delivered",
+);
 const STATUS_CODES: (&str, &str) = (
     "sygnal_gcm_status_codes",
     "Number of HTTP response status codes received from GCM",
@@ -167,6 +171,10 @@ impl Transport {
             Data::BadDefaultPayload => {
                 warn!("rejecting pushkeys: default_payload must be an object");
                 return Ok(pushkeys);
+            }
+            Data::TooLarge { bytes } => {
+                self.drop_too_large(bytes);
+                return Ok(Vec::new());
             }
         };
         let body = payload::legacy_body(&self.fcm_options, data, notification.is_low_priority());
@@ -307,6 +315,10 @@ impl Transport {
                     warn!(pushkey = %hint, "rejecting pushkey: default_payload must be an object");
                     return Ok(true);
                 }
+                Data::TooLarge { bytes } => {
+                    self.drop_too_large(bytes);
+                    return Ok(false);
+                }
             };
         let body = payload::v1_body(
             &self.fcm_options,
@@ -433,6 +445,18 @@ impl Transport {
                 .counter_add(STATUS_CODES.0, STATUS_CODES.1, &labels, 1.0);
         }
         result
+    }
+
+    /// Logs and counts a notification that can never fit FCM's limit: dropped, not failed,
+    /// so the homeserver does not retry it for a day.
+    fn drop_too_large(&self, bytes: usize) {
+        warn!(
+            bytes,
+            limit = payload::MAX_DATA_BYTES,
+            "data over FCM's limit even with every text shaved: notification dropped"
+        );
+        let labels = self.pushkin_labels.with("reason", "payload_too_large");
+        self.metrics.counter_add(DROPPED.0, DROPPED.1, &labels, 1.0);
     }
 
     fn observe(&self, histogram: (&str, &str), elapsed: Duration) {
