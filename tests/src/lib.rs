@@ -7,7 +7,9 @@
 pub mod gateway;
 pub mod proxy;
 pub mod serve;
+pub mod synapse;
 pub mod tls;
+pub mod unifiedpush;
 
 use std::path::PathBuf;
 
