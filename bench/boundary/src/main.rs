@@ -34,7 +34,7 @@ use sygnal_plugin_api::abi::{
     FfiDispatchResult, FfiPushError, HostCtx, LogLevel, MetricOp, PluginModRef, PushErrorKind,
     PushkinBox,
 };
-use sygnal_plugin_api::{Device, Notification, Pushkin, PushkinContext};
+use sygnal_plugin_api::{Notification, Pushkin, PushkinContext};
 use tokio::runtime::Runtime;
 
 /// The notification of ../shared/perf's notify1.lua (Synapse-shaped, one device), whole, as the
@@ -146,16 +146,12 @@ async fn in_process(
     notification_json: &str,
     devices_json: &str,
 ) -> FfiDispatchResult {
-    let parsed = serde_json::from_str::<Notification>(notification_json).and_then(|mut n| {
-        n.devices = serde_json::from_str::<Vec<Device>>(devices_json)?;
-        Ok(n)
-    });
-    let notification = match parsed {
+    let notification = match Notification::from_dispatch_json(notification_json, devices_json) {
         Ok(notification) => notification,
-        Err(err) => {
+        Err(message) => {
             return RResult::RErr(FfiPushError {
                 kind: PushErrorKind::Permanent,
-                message: err.to_string().into(),
+                message: message.into(),
             })
         }
     };
