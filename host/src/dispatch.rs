@@ -24,8 +24,11 @@ struct Batch {
 
 /// Routes the devices, dispatches each app's batch concurrently and joins the outcomes: the
 /// rejected pushkeys (unroutable ones included), or the worst failure.
+///
+/// The table is let go of once the devices are routed: after a reload, a replaced pushkin is
+/// closed as soon as the requests using it end, not those using other apps.
 pub async fn dispatch(
-    table: &AppTable,
+    table: Arc<AppTable>,
     request_id: &str,
     parsed: &ParsedNotify<'_>,
 ) -> Result<Vec<String>, Failure> {
@@ -61,6 +64,8 @@ pub async fn dispatch(
             }
         }
     }
+
+    drop(table);
 
     let mut failure = None;
     let notification_json = parsed.notification.get();

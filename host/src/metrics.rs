@@ -5,7 +5,7 @@
 //! registry's lock is only taken to create a series or render /metrics. Plugins report through
 //! [`plugin_metric_sink`], which looks series up by name and labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -100,11 +100,15 @@ struct Family {
 #[derive(Default)]
 pub struct Registry {
     families: RwLock<BTreeMap<String, Family>>,
+    /// `pushkin="<app id>"` label pairs of apps a reload removed: their series are gone and
+    /// late reports from their last requests do not bring them back.
+    retired: RwLock<BTreeSet<String>>,
 }
 
 impl Registry {
     /// The series `name{labels}`, created on first use. `labels` is rendered Prometheus label
-    /// syntax without braces. A name already registered with another kind yields `None`.
+    /// syntax without braces. A name already registered with another kind, or labels naming a
+    /// removed app, yield `None`.
     pub fn series(&self, name: &str, help: &str, kind: Kind, labels: &str) -> Option<Arc<Series>> {
         if let Ok(families) = self.families.read() {
             if let Some(family) = families.get(name) {
@@ -115,6 +119,9 @@ impl Registry {
                     return Some(Arc::clone(series));
                 }
             }
+        }
+        if self.names_retired_app(labels) {
+            return None;
         }
         let mut families = self.families.write().ok()?;
         let family = families.entry(name.to_owned()).or_insert_with(|| Family {
@@ -128,6 +135,34 @@ impl Registry {
         Some(Arc::clone(
             family.series.entry(labels.to_owned()).or_default(),
         ))
+    }
+
+    /// Drops every series of a removed app (labelled `pushkin="<app_id>"`), as a restart
+    /// would, and keeps them from being created again until [`restore_app`](Self::restore_app).
+    pub fn retire_app(&self, app_id: &str) {
+        let pair = label("pushkin", app_id);
+        if let Ok(mut families) = self.families.write() {
+            for family in families.values_mut() {
+                family.series.retain(|labels, _| !has_pair(labels, &pair));
+            }
+        }
+        if let Ok(mut retired) = self.retired.write() {
+            retired.insert(pair);
+        }
+    }
+
+    /// Lets an app that is configured (again) have series.
+    pub fn restore_app(&self, app_id: &str) {
+        if let Ok(mut retired) = self.retired.write() {
+            retired.remove(&label("pushkin", app_id));
+        }
+    }
+
+    fn names_retired_app(&self, labels: &str) -> bool {
+        self.retired
+            .read()
+            .map(|retired| retired.iter().any(|pair| has_pair(labels, pair)))
+            .unwrap_or(false)
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -160,6 +195,14 @@ impl Registry {
         }
         out
     }
+}
+
+/// Whether rendered `labels` contain the rendered pair `pair`.
+fn has_pair(labels: &str, pair: &str) -> bool {
+    labels.match_indices(pair).any(|(at, _)| {
+        (at == 0 || labels[..at].ends_with(','))
+            && matches!(labels[at + pair.len()..].chars().next(), None | Some(','))
+    })
 }
 
 fn render_histogram(out: &mut String, name: &str, labels: &str, series: &Series) {
@@ -311,6 +354,32 @@ mod tests {
         let registry = Registry::default();
         assert!(registry.series("m", "", Kind::Counter, "").is_some());
         assert!(registry.series("m", "", Kind::Gauge, "").is_none());
+    }
+
+    #[test]
+    fn a_retired_app_loses_its_series_until_restored() {
+        let registry = Registry::default();
+        let gone = label("pushkin", "gone.app");
+        let kept = label("pushkin", "gone.app.2");
+        let with_code = format!("{gone},code=\"200\"");
+        for labels in [&gone, &kept, &with_code] {
+            registry
+                .series("sygnal_per_pushkin_type", "", Kind::Counter, labels)
+                .unwrap()
+                .inc();
+        }
+        registry.retire_app("gone.app");
+        let text = registry.render();
+        assert!(!text.contains("pushkin=\"gone.app\""), "{text}");
+        assert!(text.contains("pushkin=\"gone.app.2\""), "{text}");
+        // A late report from the removed app's last request does not bring it back.
+        assert!(registry
+            .series("sygnal_apns_status_codes", "", Kind::Counter, &with_code)
+            .is_none());
+        registry.restore_app("gone.app");
+        assert!(registry
+            .series("sygnal_per_pushkin_type", "", Kind::Counter, &gone)
+            .is_some());
     }
 
     #[test]
