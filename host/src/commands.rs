@@ -62,7 +62,9 @@ fn print_changes(loaded: &Loaded, against: Option<&Path>, changes: &Changes) {
             changes.kept.len()
         ),
     }
-    let line = |what: &str, id: &str, detail: String| println!("  {what:<8} {id:<32} {detail}");
+    let line = |what: &str, id: &str, detail: String| {
+        println!("{}", format!("  {what:<8} {id:<32} {detail}").trim_end());
+    };
     for (id, source) in &changes.added {
         line("added", id, source.describe_library());
     }
