@@ -179,7 +179,10 @@ async fn reload_under_load_adds_an_app_swaps_a_library_and_keeps_unchanged_insta
         .expect("the added app served");
     assert!(first_served > first_hup);
     let delay = first_served - first_hup;
-    assert!(delay < Duration::from_secs(1), "the added app served after {delay:?}");
+    assert!(
+        delay < Duration::from_secs(1),
+        "the added app served after {delay:?}"
+    );
     for answer in &answers {
         let build = build_of(&answer.rejected);
         if answer.sent > reloaded {

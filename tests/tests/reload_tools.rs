@@ -85,8 +85,14 @@ fn check_against_prints_what_a_reload_would_do() {
         "{added}"
     );
     assert!(line_of(&out, "changed ").contains(" b "), "{out}");
-    assert!(line_of(&out, "changed ").contains("(config) scripted 0.1.0"), "{out}");
-    assert_eq!(line_of(&out, "removed ").split_whitespace().nth(1), Some("c"));
+    assert!(
+        line_of(&out, "changed ").contains("(config) scripted 0.1.0"),
+        "{out}"
+    );
+    assert_eq!(
+        line_of(&out, "removed ").split_whitespace().nth(1),
+        Some("c")
+    );
     assert!(line_of(&out, "kept ").contains(" a "), "{out}");
     assert!(
         line_of(&out, "warning: http.port changed").contains("needs a new listener"),
@@ -135,9 +141,17 @@ fn plugins_lists_every_library_marks_the_winner_and_fails_on_incompatible_ones()
     // The executable's directory (searched first) already has scripted 0.1.0: the copies of
     // the 0.2.0 build in both extra directories are shadowed by it.
     for dir in [&first, &second] {
-        std::fs::copy(library("scripted-pushkin-next"), dir.join(kind_file("scripted"))).unwrap();
+        std::fs::copy(
+            library("scripted-pushkin-next"),
+            dir.join(kind_file("scripted")),
+        )
+        .unwrap();
     }
-    std::fs::copy(library("scripted-pushkin-next"), dir.path().join("libbypath.so")).unwrap();
+    std::fs::copy(
+        library("scripted-pushkin-next"),
+        dir.path().join("libbypath.so"),
+    )
+    .unwrap();
     let config = dir.path().join("sygnal.yaml");
     std::fs::write(
         &config,
@@ -164,7 +178,10 @@ fn plugins_lists_every_library_marks_the_winner_and_fails_on_incompatible_ones()
         shadowed.contains(" shadowed ") && shadowed.contains("0.2.0") && shadowed.contains("(by "),
         "{shadowed}"
     );
-    assert!(row(&second.join(kind_file("scripted"))).contains(" shadowed "), "{out}");
+    assert!(
+        row(&second.join(kind_file("scripted"))).contains(" shadowed "),
+        "{out}"
+    );
     let others = ["apns", "gcm", "unifiedpush"].map(|kind| row(&exe_dir.join(kind_file(kind))));
     assert!(others.iter().all(|row| row.contains(" ok ")), "{others:?}");
     // Each app, with the library serving it: by kind, and by a path relative to the config.
@@ -189,7 +206,11 @@ fn plugins_lists_every_library_marks_the_winner_and_fails_on_incompatible_ones()
     assert!(app_b.contains(&format!("sha256:{hex}")), "{app_b}");
 
     // A library whose file name promises another kind is an error: `type: other` would fail.
-    std::fs::copy(library("sygnal-pushkin-scripted"), second.join(kind_file("other"))).unwrap();
+    std::fs::copy(
+        library("sygnal-pushkin-scripted"),
+        second.join(kind_file("other")),
+    )
+    .unwrap();
     let output = sygnal(elsewhere.path(), &["--config", config_arg, "plugins"]);
     assert_eq!(output.status.code(), Some(1));
     let other = row_of(&stdout(&output), &second.join(kind_file("other")));
@@ -212,7 +233,11 @@ fn plugins_lists_every_library_marks_the_winner_and_fails_on_incompatible_ones()
         broken.contains(" error ") && broken.contains("incompatible plugin ABI"),
         "{broken}"
     );
-    assert!(stderr(&output).contains("plugin-api 2.0.0"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("plugin-api 2.0.0"),
+        "{}",
+        stderr(&output)
+    );
 
     // So does an app whose library cannot be loaded, by path.
     std::fs::remove_file(second.join(kind_file("broken"))).unwrap();
@@ -271,14 +296,19 @@ async fn snapshots_are_what_is_mapped_and_are_cleaned_up() {
     assert!(maps.contains(&snapshot.display().to_string()), "{maps}");
     let installed_dir = installed.parent().unwrap().display().to_string();
     assert!(
-        !maps.lines().any(|l| l.contains(&installed_dir) && l.contains("sygnal_pushkin")),
+        !maps
+            .lines()
+            .any(|l| l.contains(&installed_dir) && l.contains("sygnal_pushkin")),
         "an installed library is mapped:\n{maps}"
     );
 
     gw.signal("TERM");
     let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited");
     assert!(status.success(), "{status}");
-    assert!(!own.exists(), "the own snapshot directory is removed at exit");
+    assert!(
+        !own.exists(),
+        "the own snapshot directory is removed at exit"
+    );
     assert!(live.exists());
 }
 
@@ -292,7 +322,10 @@ fn a_shared_snapshot_directory_that_is_not_private_is_refused() {
     std::os::unix::fs::symlink(elsewhere.path(), &base).unwrap();
     let config = runtime.path().join("sygnal.yaml");
     std::fs::write(&config, "apps:\n  a:\n    type: scripted\n").unwrap();
-    let output = sygnal(runtime.path(), &["--config", config.to_str().unwrap(), "check"]);
+    let output = sygnal(
+        runtime.path(),
+        &["--config", config.to_str().unwrap(), "check"],
+    );
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
