@@ -8,7 +8,9 @@ pub mod gateway;
 pub mod load;
 pub mod proxy;
 pub mod serve;
+pub mod synapse;
 pub mod tls;
+pub mod unifiedpush;
 
 use std::path::PathBuf;
 
