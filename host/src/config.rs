@@ -490,6 +490,29 @@ apps:
     }
 
     #[test]
+    fn relative_plugin_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sygnal.yaml");
+        std::fs::write(
+            &path,
+            "plugins:\n  dirs: [lib, /opt/plugins]\n  snapshot_dir: snapshots\napps:\n  a:\n    type: x\n",
+        )
+        .unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.base_dir, dir.path());
+        let plugins = &loaded.config.plugins;
+        assert_eq!(
+            plugins.dirs,
+            vec![dir.path().join("lib"), PathBuf::from("/opt/plugins")]
+        );
+        assert_eq!(plugins.snapshot_dir, Some(dir.path().join("snapshots")));
+        assert_eq!(plugins.max_loaded_libraries, DEFAULT_MAX_LOADED_LIBRARIES);
+        let err =
+            parse("plugins:\n  max_loaded_libraries: 0\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("plugins.max_loaded_libraries:"), "{err}");
+    }
+
+    #[test]
     fn maps_dictconfig_file_handler() {
         let setup: serde_yaml::Value = serde_yaml::from_str(
             "handlers:\n  file:\n    class: logging.handlers.WatchedFileHandler\n    filename: /var/log/sygnal.log\n",

@@ -222,8 +222,7 @@ async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, Strin
 
 async fn run(started: Started) -> Result<(), String> {
     let notify_timeout = Duration::from_secs_f64(started.loaded.config.http.notify_timeout);
-    let state =
-        Arc::new(api::AppState::new(started.table)?.with_notify_timeout(notify_timeout));
+    let state = Arc::new(api::AppState::new(started.table)?.with_notify_timeout(notify_timeout));
     let reloader = Arc::new(reload::Reloader::new(
         started.config_path,
         &started.loaded,
