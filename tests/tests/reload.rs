@@ -505,3 +505,52 @@ async fn replaced_pushkins_close_after_their_last_request_and_removed_apps_leave
     let (status, answer) = gw.notify(notification(&[(APP, "tag:two")])).await;
     assert_eq!((status, answer), (200, json!({"rejected": ["tag:two"]})));
 }
+
+#[tokio::test]
+async fn settings_read_at_startup_keep_their_value_with_a_warning() {
+    let gw = Gateway::builder(&format!("{APP}:\n  type: scripted\n"))
+        .start()
+        .await;
+    let config = gw.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let other_port = sygnal_tests::free_port();
+    let edited = text
+        .replace(
+            &format!("port: {}\n", gw.port),
+            &format!("port: {other_port}\n"),
+        )
+        .replace("level: debug", "level: warn");
+    assert_ne!(edited, text);
+    support::write_atomically(
+        &config,
+        &format!("{edited}  {APP}.two:\n    type: scripted\n"),
+    );
+    let line = reload(&gw).await.expect("the rest is applied");
+    assert!(line.contains(&format!("added [{APP}.two]")), "{line}");
+    let logs = gw.logs();
+    for (key, why) in [
+        ("http.port", "it needs a new listener"),
+        ("log.level", "it is read at startup only"),
+    ] {
+        let warning = logs
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains(&format!("{key} changed")))
+            .unwrap_or_else(|| panic!("no warning for {key}:\n{logs}"));
+        assert!(
+            warning.contains(why) && warning.contains("restarted"),
+            "{warning}"
+        );
+    }
+    // Still on the old port, at the old level, with the new app.
+    let (status, answer) = gw
+        .notify(notification(&[(&format!("{APP}.two"), "reject:x")]))
+        .await;
+    assert_eq!((status, answer), (200, json!({"rejected": ["reject:x"]})));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", other_port)).is_err());
+    let logs = gw.logs();
+    let after_reload = &logs[logs.find("config reloaded").unwrap()..];
+    assert!(
+        after_reload.contains("DEBUG") && after_reload.contains("notification dispatched"),
+        "debug logging goes on:\n{after_reload}"
+    );
+}
