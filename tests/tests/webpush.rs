@@ -502,3 +502,31 @@ async fn config_errors_name_the_key() {
         assert!(stderr.contains(expected), "{apps}: {stderr}");
     }
 }
+
+/// The sample config's webpush section, uncommented once, with a real key: a Sygnal section
+/// works unchanged.
+#[test]
+fn the_sample_webpush_section_works_uncommented() {
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sygnal.yaml.sample"
+    ))
+    .unwrap();
+    let start = sample
+        .find("  #com.example.myapp.web:")
+        .expect("a webpush example");
+    let section: String = sample[start..]
+        .lines()
+        .take_while(|line| line.starts_with("  #"))
+        .map(|line| format!("{}\n", line.replacen("  #", "", 1)))
+        .collect();
+    let (_dir, key, _) = vapid_key();
+    let section = section.replace("/path/to/private.pem", &key.display().to_string());
+    assert!(section.contains("type: webpush"), "{section}");
+    let check = Gateway::builder(&section).run(&["check"]);
+    assert!(
+        check.status.success(),
+        "{section}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
