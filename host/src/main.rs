@@ -248,7 +248,8 @@ async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, Strin
 }
 
 async fn run(config: config::Config, table: apps::AppTable) -> Result<(), String> {
-    let state = Arc::new(api::AppState::new(table)?);
+    let notify_timeout = Duration::from_secs_f64(config.http.notify_timeout);
+    let state = Arc::new(api::AppState::new(table)?.with_notify_timeout(notify_timeout));
     let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();

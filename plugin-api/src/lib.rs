@@ -65,6 +65,7 @@
 //! - [`text`]: truncation helpers that respect character boundaries, and glob matching.
 //! - [`http`] (feature `http`): the outbound HTTP client, the send-classify-retry helper and the
 //!   guard for client-given endpoints, shared by HTTP pushkins.
+//! - [`validate`]: what a valid notification is (the host refuses the rest; the SDK parses it).
 //! - [`abi`]: the binary interface itself, for the host.
 
 #![warn(missing_docs)]
@@ -77,6 +78,11 @@ mod metrics;
 pub mod notification;
 mod sdk;
 pub mod text;
+pub mod validate;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 
 #[cfg(feature = "http")]
 pub mod http;

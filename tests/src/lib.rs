@@ -8,7 +8,9 @@ pub mod gateway;
 pub mod out_of_tree;
 pub mod proxy;
 pub mod serve;
+pub mod synapse;
 pub mod tls;
+pub mod unifiedpush;
 
 use std::path::PathBuf;
 

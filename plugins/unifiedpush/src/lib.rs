@@ -74,12 +74,14 @@ pub fn request_body(notification: &Notification) -> Result<Vec<u8>, String> {
     .map_err(|err| format!("cannot encode the notification: {err}"))
 }
 
-/// What an endpoint's HTTP status means: 401-404 and 410 say the endpoint is gone; anything
-/// else but success is worth retrying (a distributor may be restarting).
+/// What an endpoint's HTTP status means: 401-404 and 410 say the endpoint is gone; 413 says the
+/// message is over what the push server takes (the spec's minimum is 4096 bytes), which no retry
+/// can fix; anything else but success is worth retrying (a distributor may be restarting).
 pub fn verdict(status: u16) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
         401..=404 | 410 => Verdict::Reject,
+        413 => Verdict::Permanent,
         _ => Verdict::Temporary,
     }
 }
@@ -158,10 +160,17 @@ impl UnifiedPush {
                 |answer| verdict(answer.status.as_u16()),
             )
             .await?;
-        if verdict == Verdict::Reject {
-            tracing::info!(%host, status = answer.status.as_u16(), "endpoint gone: pushkey rejected");
+        match verdict {
+            Verdict::Reject => {
+                tracing::info!(%host, status = answer.status.as_u16(), "endpoint gone: pushkey rejected");
+                Ok(true)
+            }
+            Verdict::Permanent => {
+                tracing::warn!(%host, bytes = body.len(), "endpoint refused the message as too large (413): dropped");
+                Ok(false)
+            }
+            _ => Ok(false),
         }
-        Ok(verdict == Verdict::Reject)
     }
 }
 
@@ -186,6 +195,25 @@ mod tests {
         );
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use sygnal_plugin_api::testing::accepted_notifications;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Whatever the host accepts encodes, without the devices.
+            #[test]
+            fn every_accepted_notification_encodes(n in accepted_notifications()) {
+                let body = request_body(&n).map_err(TestCaseError::fail)?;
+                let value: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                prop_assert!(value["notification"].get("devices").is_none());
+            }
+        }
+    }
+
     #[test]
     fn statuses_map_to_verdicts() {
         assert_eq!(verdict(200), Verdict::Delivered);
@@ -193,6 +221,7 @@ mod tests {
         for gone in [401, 402, 403, 404, 410] {
             assert_eq!(verdict(gone), Verdict::Reject, "{gone}");
         }
+        assert_eq!(verdict(413), Verdict::Permanent);
         for retry in [400, 408, 429, 500, 502, 503, 301] {
             assert_eq!(verdict(retry), Verdict::Temporary, "{retry}");
         }
