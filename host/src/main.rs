@@ -5,11 +5,13 @@
 
 mod api;
 mod apps;
+mod compat;
 mod config;
 mod dispatch;
 mod logging;
 mod metrics;
 mod notify;
+mod plugin_log;
 mod registry;
 
 use abi_stable::std_types::RString;
