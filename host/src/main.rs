@@ -7,12 +7,14 @@
 mod api;
 mod apps;
 mod commands;
+mod compat;
 mod config;
 mod dispatch;
 mod generation;
 mod logging;
 mod metrics;
 mod notify;
+mod plugin_log;
 mod registry;
 mod reload;
 mod snapshot;

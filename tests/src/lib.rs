@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod load;
+pub mod out_of_tree;
 pub mod proxy;
 pub mod serve;
 pub mod synapse;
