@@ -244,8 +244,7 @@ async fn handle_notify(
         .metrics
         .devices_received
         .add(parsed.devices.len() as f64);
-    let table = state.apps.load_full();
-    match dispatch(&table, request_id, &parsed, deadline).await {
+    match dispatch(state.apps.load_full(), request_id, &parsed, deadline).await {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),

@@ -119,13 +119,33 @@ impl Default for PrometheusConfig {
 }
 
 /// `plugins` (added).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct PluginsConfig {
-    /// Directories searched for plugin libraries after the executable's own directory.
+    /// Directories searched for plugin libraries after the executable's own directory
+    /// (relative ones against the config file's directory).
     pub dirs: Vec<PathBuf>,
     /// Worker threads for each plugin library's runtime (default: half the cores, at least 1).
     pub worker_threads: Option<usize>,
+    /// Where the private copies of loaded libraries go (see `snapshot.rs` for the default).
+    pub snapshot_dir: Option<PathBuf>,
+    /// Distinct library builds a process may load over its life (none is ever unloaded);
+    /// a reload that needs more fails and asks for a restart.
+    pub max_loaded_libraries: usize,
+}
+
+/// Default of `plugins.max_loaded_libraries`.
+pub const DEFAULT_MAX_LOADED_LIBRARIES: usize = 16;
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dirs: Vec::new(),
+            worker_threads: None,
+            snapshot_dir: None,
+            max_loaded_libraries: DEFAULT_MAX_LOADED_LIBRARIES,
+        }
+    }
 }
 
 /// One app, as the host needs it.
@@ -153,6 +173,11 @@ pub struct Loaded {
     pub apps: Vec<AppConfig>,
     /// Things worth a warning (unknown keys, unsupported sections), logged once logging is up.
     pub warnings: Vec<String>,
+    /// The file as parsed, before defaults: what a reload compares section by section.
+    pub raw: serde_yaml::Value,
+    /// The config file's directory: relative library paths (`type`, `plugins.dirs`,
+    /// `plugins.snapshot_dir`) are resolved against it.
+    pub base_dir: PathBuf,
 }
 
 /// Which file to read: `--config PATH`, else `SYGNAL_CONF`, else `./sygnal.yaml`.
@@ -166,7 +191,20 @@ pub fn config_path(cli_path: Option<PathBuf>) -> PathBuf {
 pub fn load(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
-    parse(&text)
+    let mut loaded = parse(&text)?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let plugins = &mut loaded.config.plugins;
+    for dir in &mut plugins.dirs {
+        *dir = base_dir.join(&*dir);
+    }
+    if let Some(dir) = &mut plugins.snapshot_dir {
+        *dir = base_dir.join(&*dir);
+    }
+    loaded.base_dir = base_dir;
+    Ok(loaded)
 }
 
 /// Parses and validates config text.
@@ -181,19 +219,23 @@ pub fn parse(text: &str) -> Result<Loaded, String> {
     let mut record = |path: serde_ignored::Path<'_>| {
         warnings.push(format!("unknown config key `{path}` ignored"));
     };
-    let config: Config =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record))
-            .map_err(|err| {
-                let key = err.path().to_string();
-                let key = if key == "." { "config".to_owned() } else { key };
-                format!("{key}: {}", err.inner())
-            })?;
+    let config: Config = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        value.clone(),
+        &mut record,
+    ))
+    .map_err(|err| {
+        let key = err.path().to_string();
+        let key = if key == "." { "config".to_owned() } else { key };
+        format!("{key}: {}", err.inner())
+    })?;
     validate(&config, &mut warnings)?;
     let apps = apps(&config)?;
     Ok(Loaded {
         config,
         apps,
         warnings,
+        raw: value,
+        base_dir: PathBuf::from("."),
     })
 }
 
@@ -250,6 +292,9 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
     }
     if config.plugins.worker_threads == Some(0) {
         return Err("plugins.worker_threads: must be at least 1".to_owned());
+    }
+    if config.plugins.max_loaded_libraries == 0 {
+        return Err("plugins.max_loaded_libraries: must be at least 1".to_owned());
     }
     if let Some(proxy) = &config.proxy {
         if !proxy.starts_with("http://") && !proxy.starts_with("https://") {
@@ -442,6 +487,29 @@ apps:
                 "unknown config key `http.colour` ignored"
             ]
         );
+    }
+
+    #[test]
+    fn relative_plugin_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sygnal.yaml");
+        std::fs::write(
+            &path,
+            "plugins:\n  dirs: [lib, /opt/plugins]\n  snapshot_dir: snapshots\napps:\n  a:\n    type: x\n",
+        )
+        .unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.base_dir, dir.path());
+        let plugins = &loaded.config.plugins;
+        assert_eq!(
+            plugins.dirs,
+            vec![dir.path().join("lib"), PathBuf::from("/opt/plugins")]
+        );
+        assert_eq!(plugins.snapshot_dir, Some(dir.path().join("snapshots")));
+        assert_eq!(plugins.max_loaded_libraries, DEFAULT_MAX_LOADED_LIBRARIES);
+        let err =
+            parse("plugins:\n  max_loaded_libraries: 0\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("plugins.max_loaded_libraries:"), "{err}");
     }
 
     #[test]

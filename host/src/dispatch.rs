@@ -28,8 +28,11 @@ struct Batch {
 ///
 /// Whatever is still running at `deadline` is cancelled (dropping a plugin's future aborts its
 /// task, retries and connection waits included) and the notification fails.
+///
+/// The table is let go of once the devices are routed: after a reload, a replaced pushkin is
+/// closed as soon as the requests using it end, not those using other apps.
 pub async fn dispatch(
-    table: &AppTable,
+    table: Arc<AppTable>,
     request_id: &str,
     parsed: &ParsedNotify<'_>,
     deadline: Instant,
@@ -66,6 +69,8 @@ pub async fn dispatch(
             }
         }
     }
+
+    drop(table);
 
     let mut failure = None;
     let notification_json = parsed.notification.get();

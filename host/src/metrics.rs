@@ -10,7 +10,7 @@
 //! write the gateway's own series, and no two families may expose the same sample name.
 //! Refusals are logged once per metric and problem.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -197,7 +197,14 @@ pub struct Registry {
     /// Refusals already logged (metric and problem), so a refused metric reported on every
     /// request is logged once.
     logged: Mutex<HashSet<String>>,
+    /// `pushkin="<app id>"` label pairs of apps a reload removed: their series are gone, and
+    /// late reports from their last requests do not bring them back.
+    retired: RwLock<BTreeSet<String>>,
 }
+
+/// Why a plugin's report about an app a reload removed is dropped (silently: it is expected
+/// from the app's last requests in flight).
+const REMOVED_APP: &str = "the app was removed by a reload";
 
 impl Registry {
     /// The gateway's own series `name{labels}`, created on first use. `labels` is rendered
@@ -293,6 +300,9 @@ impl Registry {
             return Err("the name belongs to the gateway".to_owned());
         }
         check_labels(labels, kind)?;
+        if self.names_retired_app(labels) {
+            return Err(REMOVED_APP.to_owned());
+        }
         let mut families = self
             .families
             .write()
@@ -307,6 +317,34 @@ impl Registry {
         Ok(Arc::clone(
             family.series.entry(labels.to_owned()).or_default(),
         ))
+    }
+
+    /// Drops every series of a removed app (labelled `pushkin="<app_id>"`), as a restart
+    /// would, and keeps plugins from creating them again until [`restore_app`](Self::restore_app).
+    pub fn retire_app(&self, app_id: &str) {
+        let pair = label("pushkin", app_id);
+        if let Ok(mut families) = self.families.write() {
+            for family in families.by_name.values_mut() {
+                family.series.retain(|labels, _| !has_pair(labels, &pair));
+            }
+        }
+        if let Ok(mut retired) = self.retired.write() {
+            retired.insert(pair);
+        }
+    }
+
+    /// Lets an app that is configured (again) have series.
+    pub fn restore_app(&self, app_id: &str) {
+        if let Ok(mut retired) = self.retired.write() {
+            retired.remove(&label("pushkin", app_id));
+        }
+    }
+
+    fn names_retired_app(&self, labels: &str) -> bool {
+        self.retired
+            .read()
+            .map(|retired| retired.iter().any(|pair| has_pair(labels, pair)))
+            .unwrap_or(false)
     }
 
     /// Logs a refused report at error level, once per metric and problem.
@@ -344,6 +382,14 @@ impl Registry {
         }
         out
     }
+}
+
+/// Whether rendered `labels` contain the rendered pair `pair`.
+fn has_pair(labels: &str, pair: &str) -> bool {
+    labels.match_indices(pair).any(|(at, _)| {
+        (at == 0 || labels[..at].ends_with(','))
+            && matches!(labels[at + pair.len()..].chars().next(), None | Some(','))
+    })
 }
 
 fn render_histogram(out: &mut String, name: &str, labels: &str, series: &Series) {
@@ -394,8 +440,10 @@ pub extern "C" fn plugin_metric_sink(
     // A panic must not unwind into the plugin's frames.
     let _ = std::panic::catch_unwind(|| {
         let (name, help, labels) = (name.as_str(), help.as_str(), labels.as_str());
-        if let Err(problem) = report(registry(), op, name, help, labels, value) {
-            registry().log_refusal(name, &problem);
+        match report(registry(), op, name, help, labels, value) {
+            Ok(()) => {}
+            Err(problem) if problem == REMOVED_APP => {}
+            Err(problem) => registry().log_refusal(name, &problem),
         }
     });
 }
@@ -826,6 +874,54 @@ mod tests {
             1.0
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_removed_app_loses_its_series_until_configured_again() {
+        let registry = Registry::default();
+        let gone = label("pushkin", "gone.app");
+        let kept = label("pushkin", "gone.app.2");
+        let with_code = format!("{gone},code=\"200\"");
+        for labels in [&gone, &kept] {
+            registry
+                .series("sygnal_per_pushkin_type", "", Kind::Counter, labels)
+                .unwrap()
+                .inc();
+        }
+        plugin_report(
+            &registry,
+            MetricOp::CounterAdd,
+            "plugin_sent",
+            &with_code,
+            1.0,
+        )
+        .unwrap();
+        registry.retire_app("gone.app");
+        let text = registry.render();
+        assert!(!text.contains("pushkin=\"gone.app\""), "{text}");
+        assert!(text.contains("pushkin=\"gone.app.2\""), "{text}");
+        // A late report from the removed app's last request does not bring it back.
+        assert_eq!(
+            plugin_report(
+                &registry,
+                MetricOp::CounterAdd,
+                "plugin_sent",
+                &with_code,
+                1.0
+            ),
+            Err(REMOVED_APP.to_owned())
+        );
+        assert!(!registry.render().contains("pushkin=\"gone.app\""));
+        registry.restore_app("gone.app");
+        plugin_report(
+            &registry,
+            MetricOp::CounterAdd,
+            "plugin_sent",
+            &with_code,
+            1.0,
+        )
+        .unwrap();
+        assert!(registry.render().contains("pushkin=\"gone.app\""));
     }
 
     #[test]

@@ -56,6 +56,11 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The config file the gateway runs on.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sygnal.yaml")
@@ -211,6 +216,8 @@ impl GatewayBuilder {
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("SSL_CERT_FILE")
+            // Plugin snapshots go to the test's own directory, removed with it.
+            .env("XDG_RUNTIME_DIR", dir)
             .stdin(Stdio::null());
         for (key, value) in &self.env {
             command.env(key, value);
