@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use sygnal_plugin_api::lenient::{self, Lenient};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -161,18 +162,19 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Loaded, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
-    let value = match value {
+    let loaded = crate::yaml::load(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
+    let value = match loaded.value {
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         other => other,
     };
-    let mut warnings = Vec::new();
+    let mut warnings = loaded.warnings;
     let mut record = |path: serde_ignored::Path<'_>| {
         warnings.push(format!("unknown config key `{path}` ignored"));
     };
+    // Booleans and numbers as PyYAML reads them (`enabled: yes`, `port: "5000"`).
+    let lenient = Lenient::new(value);
     let config: Config =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record))
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(lenient, &mut record))
             .map_err(|err| {
                 let key = err.path().to_string();
                 let key = if key == "." { "config".to_owned() } else { key };
@@ -219,8 +221,7 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
         let enabled = value
             .as_ref()
             .and_then(|v| v.get("enabled"))
-            .and_then(serde_yaml::Value::as_bool)
-            .unwrap_or(false);
+            .is_some_and(yaml_bool);
         if enabled {
             warnings.push(format!(
                 "metrics.{section} is not supported yet and is ignored"
@@ -267,8 +268,7 @@ fn app(app_id: &str, section: &serde_yaml::Value) -> Result<AppConfig, String> {
     };
     let inflight_request_limit = match section.get("inflight_request_limit") {
         None | Some(Value::Null) => DEFAULT_INFLIGHT_REQUEST_LIMIT,
-        Some(value) => value
-            .as_u64()
+        Some(value) => lenient::as_u64(value)
             .filter(|limit| *limit > 0)
             .and_then(|limit| usize::try_from(limit).ok())
             .ok_or_else(|| {
@@ -281,6 +281,15 @@ fn app(app_id: &str, section: &serde_yaml::Value) -> Result<AppConfig, String> {
         inflight_request_limit,
         section,
     })
+}
+
+/// A YAML value read as a boolean the way PyYAML would (`true`, `yes`, `On`, ...).
+fn yaml_bool(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Bool(b) => *b,
+        serde_yaml::Value::String(s) => lenient::parse_bool(s).unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// The outbound proxy: the config's `proxy`, else `HTTPS_PROXY` / `https_proxy`.
@@ -414,6 +423,52 @@ apps:
             vec![
                 "unknown config key `surprise` ignored",
                 "unknown config key `http.colour` ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_yaml_as_pyyaml_would() {
+        let loaded = parse(
+            "log:\n  access:\n    x_forwarded_for: on\nhttp:\n  port: \"5001\"\n  shutdown_timeout: '2.5'\nmetrics:\n  prometheus:\n    enabled: YES\n    port: '9101'\napps:\n  a:\n    type: x\n    inflight_request_limit: '7'\n    convert_device_token_to_hex: no\n",
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert!(loaded.config.log.access.x_forwarded_for);
+        assert_eq!(loaded.config.http.port, 5001);
+        assert_eq!(loaded.config.http.shutdown_timeout, 2.5);
+        assert!(loaded.config.metrics.prometheus.enabled);
+        assert_eq!(loaded.config.metrics.prometheus.port, 9101);
+        assert_eq!(loaded.apps[0].inflight_request_limit, 7);
+        // Plugins get their section as written; the SDK reads it leniently.
+        assert_eq!(loaded.apps[0].section["convert_device_token_to_hex"], "no");
+        let err = parse("http:\n  port: 'five'\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("http.port:"), "{err}");
+        let err = parse("apps:\n  a:\n    type: x\n    inflight_request_limit: 'lots'\n")
+            .unwrap_err();
+        assert!(err.starts_with("apps.a.inflight_request_limit:"), "{err}");
+    }
+
+    #[test]
+    fn a_public_config_with_a_duplicated_section_loads() {
+        // Shaped like a public deployment's config: the `database` section given twice (Sygnal
+        // once had a database; it is ignored now), and a duplicated key inside an app.
+        let text = format!(
+            "{SYGNAL_SAMPLE}database:\n  name: sqlite3\n  args:\n    dbfile: sygnal.db\ndatabase:\n  name: psycopg2\n"
+        )
+        .replace("    topic: MY_TOPIC\n", "    topic: MY_TOPIC\n    topic: OTHER_TOPIC\n");
+        let loaded = parse(&text).unwrap();
+        let ios = loaded.apps.iter().find(|a| a.app_id.ends_with("ios")).unwrap();
+        assert_eq!(ios.section["topic"], "OTHER_TOPIC");
+        let topic_line = text.lines().position(|l| l == "    topic: OTHER_TOPIC").unwrap() + 1;
+        let lines: Vec<&str> = text.lines().collect();
+        let database_line = lines.iter().rposition(|l| *l == "database:").unwrap() + 1;
+        assert_eq!(
+            loaded.warnings,
+            vec![
+                format!("duplicate config key `apps.com.example.myapp.ios.topic` (line {topic_line}): the last one wins"),
+                format!("duplicate config key `database` (line {database_line}): the last one wins"),
+                "unknown config key `database` ignored".to_owned(),
             ]
         );
     }

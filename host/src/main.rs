@@ -11,6 +11,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod registry;
+mod yaml;
 
 use abi_stable::std_types::RString;
 use std::net::{IpAddr, SocketAddr};

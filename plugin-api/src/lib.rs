@@ -34,6 +34,7 @@
 //! - [`notification`]: the notification types ([`Notification`], [`Device`], [`Counts`], [`Tweaks`]).
 //! - the SDK: [`Pushkin`], [`PushkinContext`], [`PushError`], [`Metrics`], [`export_pushkin!`].
 //! - [`text`]: truncation helpers that respect character boundaries.
+//! - [`lenient`]: reading config values as PyYAML (YAML 1.1) would have (`yes`, `"5000"`).
 //! - [`http`] (feature `http`): the outbound HTTP client and retry policy shared by HTTP pushkins.
 //! - [`abi`]: the binary interface itself, for the host.
 
@@ -41,6 +42,7 @@
 
 pub mod abi;
 mod host_info;
+pub mod lenient;
 mod logging;
 mod metrics;
 pub mod notification;
