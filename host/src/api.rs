@@ -273,7 +273,11 @@ pub fn metrics_router() -> Router {
                     header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                registry().render(),
+                {
+                    let mut text = registry().render();
+                    crate::process_metrics::render(&mut text);
+                    text
+                },
             )
         }),
     )

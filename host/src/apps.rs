@@ -28,6 +28,8 @@ pub struct App {
     pub devices_sent: Arc<Series>,
     /// `sygnal_inflight_request_limit_drop{pushkin}`: dispatches refused by the in-flight limit.
     pub inflight_drops: Arc<Series>,
+    /// `sygnal_pushkin_dispatch_time{pushkin}`: how long this app's dispatches take.
+    pub dispatch_time: Arc<Series>,
     library: Arc<PluginLibrary>,
 }
 
@@ -145,6 +147,14 @@ pub fn build(
                     &labels,
                 )
                 .ok_or("metric sygnal_inflight_request_limit_drop has the wrong type")?,
+            dispatch_time: metrics
+                .series(
+                    "sygnal_pushkin_dispatch_time",
+                    "Time taken by each app's pushkin to dispatch one notification",
+                    Kind::Histogram,
+                    &labels,
+                )
+                .ok_or("metric sygnal_pushkin_dispatch_time has the wrong type")?,
             library,
         });
         if is_pattern(&config.app_id) {

@@ -162,7 +162,8 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Loaded, String> {
-    let loaded = crate::yaml::load(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
+    let loaded =
+        crate::yaml::load(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
     let value = match loaded.value {
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         other => other,
@@ -444,8 +445,8 @@ apps:
         assert_eq!(loaded.apps[0].section["convert_device_token_to_hex"], "no");
         let err = parse("http:\n  port: 'five'\napps:\n  a:\n    type: x\n").unwrap_err();
         assert!(err.starts_with("http.port:"), "{err}");
-        let err = parse("apps:\n  a:\n    type: x\n    inflight_request_limit: 'lots'\n")
-            .unwrap_err();
+        let err =
+            parse("apps:\n  a:\n    type: x\n    inflight_request_limit: 'lots'\n").unwrap_err();
         assert!(err.starts_with("apps.a.inflight_request_limit:"), "{err}");
     }
 
@@ -458,9 +459,17 @@ apps:
         )
         .replace("    topic: MY_TOPIC\n", "    topic: MY_TOPIC\n    topic: OTHER_TOPIC\n");
         let loaded = parse(&text).unwrap();
-        let ios = loaded.apps.iter().find(|a| a.app_id.ends_with("ios")).unwrap();
+        let ios = loaded
+            .apps
+            .iter()
+            .find(|a| a.app_id.ends_with("ios"))
+            .unwrap();
         assert_eq!(ios.section["topic"], "OTHER_TOPIC");
-        let topic_line = text.lines().position(|l| l == "    topic: OTHER_TOPIC").unwrap() + 1;
+        let topic_line = text
+            .lines()
+            .position(|l| l == "    topic: OTHER_TOPIC")
+            .unwrap()
+            + 1;
         let lines: Vec<&str> = text.lines().collect();
         let database_line = lines.iter().rposition(|l| *l == "database:").unwrap() + 1;
         assert_eq!(

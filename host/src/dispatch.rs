@@ -5,6 +5,7 @@ use crate::notify::ParsedNotify;
 use abi_stable::std_types::{RResult, RStr};
 use futures_util::future::join_all;
 use std::sync::Arc;
+use std::time::Instant;
 use sygnal_plugin_api::abi::PushErrorKind;
 
 /// Why a notification could not be delivered; decides the HTTP status.
@@ -79,7 +80,9 @@ pub async fn dispatch(
         );
         let app = batch.app;
         pending.push(async move {
+            let started = Instant::now();
             let outcome = future.await;
+            app.dispatch_time.observe(started.elapsed().as_secs_f64());
             drop(slot);
             (app, outcome)
         });

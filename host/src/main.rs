@@ -10,6 +10,7 @@ mod dispatch;
 mod logging;
 mod metrics;
 mod notify;
+mod process_metrics;
 mod registry;
 mod yaml;
 

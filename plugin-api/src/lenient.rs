@@ -235,11 +235,27 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Forward<V> {
         self.visitor.expecting(formatter)
     }
 
-    forward_visit!(visit_bool(bool), visit_i8(i8), visit_i16(i16), visit_i32(i32),
-        visit_u8(u8), visit_u16(u16), visit_u32(u32), visit_f32(f32), visit_char(char),
-        visit_bytes(&[u8]), visit_borrowed_bytes(&'de [u8]), visit_byte_buf(Vec<u8>));
-    number_to_string!(visit_i64(i64), visit_u64(u64), visit_f64(f64), visit_i128(i128),
-        visit_u128(u128));
+    forward_visit!(
+        visit_bool(bool),
+        visit_i8(i8),
+        visit_i16(i16),
+        visit_i32(i32),
+        visit_u8(u8),
+        visit_u16(u16),
+        visit_u32(u32),
+        visit_f32(f32),
+        visit_char(char),
+        visit_bytes(&[u8]),
+        visit_borrowed_bytes(&'de [u8]),
+        visit_byte_buf(Vec<u8>)
+    );
+    number_to_string!(
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_f64(f64),
+        visit_i128(i128),
+        visit_u128(u128)
+    );
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<V::Value, E> {
         match lenient_scalar(self.want, value) {

@@ -182,7 +182,8 @@ fn serde_ignored_keys<T: DeserializeOwned>(
     unknown: &mut Vec<String>,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignoring = serde_ignored::Deserializer::new(crate::lenient::Lenient::new(value), &mut record);
+    let ignoring =
+        serde_ignored::Deserializer::new(crate::lenient::Lenient::new(value), &mut record);
     serde_path_to_error::deserialize(ignoring)
 }
 
