@@ -1,7 +1,8 @@
 //! The HTTP API: `POST /_matrix/push/v1/notify`, `GET /health`, and the spec's error rules.
 
 use crate::apps::AppTable;
-use crate::dispatch::{dispatch, Failure};
+use crate::dedup::Dedup;
+use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
 use arc_swap::ArcSwap;
@@ -26,6 +27,7 @@ const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 pub struct AppState {
     /// The app table; swapped whole on reload.
     pub apps: ArcSwap<AppTable>,
+    dedup: Dedup,
     metrics: CoreMetrics,
     request_ids: AtomicU64,
     instance: u32,
@@ -40,10 +42,17 @@ impl AppState {
             .unwrap_or(0);
         Ok(AppState {
             apps: ArcSwap::from_pointee(apps),
+            dedup: Dedup::default(),
             metrics: CoreMetrics::new()?,
             request_ids: AtomicU64::new(0),
             instance: nanos ^ std::process::id().rotate_left(16),
         })
+    }
+
+    /// Suppresses duplicate notifications with `dedup` (off by default).
+    pub fn with_dedup(mut self, dedup: Dedup) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     fn next_request_id(&self) -> String {
@@ -235,7 +244,7 @@ async fn handle_notify(
         .devices_received
         .add(parsed.devices.len() as f64);
     let table = state.apps.load_full();
-    match dispatch(&table, request_id, &parsed).await {
+    match state.dedup.dispatch(&table, request_id, &parsed).await {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),

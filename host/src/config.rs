@@ -27,6 +27,39 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The apps, by app id (or glob pattern over app ids).
     pub apps: BTreeMap<String, serde_yaml::Value>,
+    /// Added: duplicate suppression.
+    pub dedup: DedupConfig,
+}
+
+/// `dedup` (added): answering a retried notification with the first attempt's outcome.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DedupConfig {
+    /// Suppress duplicates at all.
+    pub enabled: bool,
+    /// Seconds an outcome is remembered.
+    pub window: f64,
+    /// Outcomes remembered in memory, at most (the oldest go first).
+    pub max_entries: usize,
+    /// Seconds a duplicate waits for the first attempt still in flight before answering 502.
+    pub wait_timeout: f64,
+    /// Redis (or Valkey) shared by the replicas: `redis://[[user]:password@]host[:port][/db]`.
+    pub redis_url: Option<String>,
+    /// Seconds each Redis command may take before the gateway delivers without it.
+    pub redis_timeout: f64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            window: 600.0,
+            max_entries: 100_000,
+            wait_timeout: 10.0,
+            redis_url: None,
+            redis_timeout: 0.5,
+        }
+    }
 }
 
 /// `log`.
@@ -234,6 +267,7 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
             return Err(format!("log.format: `{format}` is not one of text, json"));
         }
     }
+    validate_dedup(&config.dedup)?;
     if config.plugins.worker_threads == Some(0) {
         return Err("plugins.worker_threads: must be at least 1".to_owned());
     }
@@ -241,6 +275,29 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
         if !proxy.starts_with("http://") && !proxy.starts_with("https://") {
             return Err("proxy: must be an http:// URL of a CONNECT proxy".to_owned());
         }
+    }
+    Ok(())
+}
+
+fn validate_dedup(dedup: &DedupConfig) -> Result<(), String> {
+    for (key, seconds) in [
+        ("window", dedup.window),
+        ("wait_timeout", dedup.wait_timeout),
+        ("redis_timeout", dedup.redis_timeout),
+    ] {
+        // Up to a day: beyond it Synapse has given up retrying anyway.
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+            return Err(format!(
+                "dedup.{key}: must be a positive number of seconds (at most 86400)"
+            ));
+        }
+    }
+    if dedup.max_entries == 0 {
+        return Err("dedup.max_entries: must be at least 1".to_owned());
+    }
+    if let Some(url) = &dedup.redis_url {
+        crate::dedup::redis::RedisUrl::parse(url)
+            .map_err(|err| format!("dedup.redis_url: {err}"))?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod api;
 mod apps;
 mod config;
+mod dedup;
 mod dispatch;
 mod logging;
 mod metrics;
@@ -248,7 +249,7 @@ async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, Strin
 }
 
 async fn run(config: config::Config, table: apps::AppTable) -> Result<(), String> {
-    let state = Arc::new(api::AppState::new(table)?);
+    let state = Arc::new(api::AppState::new(table)?.with_dedup(dedup::Dedup::new(&config.dedup)?));
     let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();

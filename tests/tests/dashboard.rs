@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use sygnal_tests::gateway::Gateway;
 use sygnal_tests::prometheus::{promtool_check_metrics, PrometheusServer};
+use sygnal_tests::redis::RedisServer;
 use sygnal_tests::serve::serve_http;
 
 /// What Sygnal's own dashboard (contrib/grafana/Sygnal.json in Sygnal's repository) queries,
@@ -56,7 +57,10 @@ const OPTIONAL_SERIES: &[&str] = &[
 
 /// A gateway with an APNs app (fake APNs) and an FCM legacy app (fake FCM), having delivered one
 /// notification through each.
-async fn busy_gateway() -> (
+/// Duplicate suppression is shared through a real Redis, as a deployment of replicas has it.
+async fn busy_gateway(
+    redis: &RedisServer,
+) -> (
     Gateway,
     fake_apns::FakeApns,
     sygnal_tests::serve::TestServer,
@@ -75,6 +79,7 @@ async fn busy_gateway() -> (
         fcm_server.url()
     );
     let gateway = Gateway::builder(&apps)
+        .extra_yaml(&format!("dedup:\n  redis_url: '{}'\n", redis.url()))
         .env("SSL_CERT_FILE", apns.pki.ca_file())
         .start()
         .await;
@@ -130,7 +135,8 @@ fn fill_variables(expr: &str) -> String {
 
 #[tokio::test]
 async fn sygnal_and_our_dashboards_resolve_against_a_real_prometheus() {
-    let (gateway, _apns, _fcm) = busy_gateway().await;
+    let redis = RedisServer::start();
+    let (gateway, _apns, _fcm) = busy_gateway(&redis).await;
 
     // Prometheus' own linter accepts the exposition.
     let exposition = gateway.metrics().await;

@@ -17,6 +17,13 @@ use sygnal_tests::gateway::Gateway;
 use sygnal_tests::serve::{serve_http, serve_tls, TestServer};
 
 const APP: &str = "com.example.android";
+
+/// A gateway builder for these tests. They resend one notification to walk through scripted
+/// upstream answers, which duplicate suppression would answer itself: it is off here (and
+/// tested in tests/dedup.rs).
+fn builder(apps: &str) -> sygnal_tests::gateway::GatewayBuilder {
+    Gateway::builder(apps).extra_yaml("dedup:\n  enabled: false\n")
+}
 const API_KEY: &str = "test-api-key-AAAASECRETKEY";
 
 /// Pushkeys long enough that a log line holding one whole is easy to spot.
@@ -203,7 +210,7 @@ async fn invalid_config_fails_check_naming_app_and_key() {
         ),
     ];
     for (app, key) in cases {
-        let output = Gateway::builder(&app).run(&["check"]);
+        let output = builder(&app).run(&["check"]);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -212,7 +219,7 @@ async fn invalid_config_fails_check_naming_app_and_key() {
         assert!(!output.status.success(), "{app}\n{text}");
         assert!(text.contains(&format!("apps.{APP}.{key}")), "{app}\n{text}");
     }
-    let ok = Gateway::builder(&up.v1_app("")).run(&["check"]);
+    let ok = builder(&up.v1_app("")).run(&["check"]);
     assert!(
         ok.status.success(),
         "{}",
@@ -223,7 +230,7 @@ async fn invalid_config_fails_check_naming_app_and_key() {
 #[tokio::test]
 async fn metrics_use_sygnal_names() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.v1_app("")).start().await;
+    let gateway = builder(&up.v1_app("")).start().await;
     let (a, gone) = (key("a"), key("gone"));
     up.fake.script(
         &gone,
@@ -288,9 +295,7 @@ async fn metrics_use_sygnal_names() {
 async fn secrets_and_pushkeys_stay_out_of_the_logs() {
     let up = Upstream::http().await;
     let legacy = up.legacy_app("").replace(APP, "com.example.legacy");
-    let gateway = Gateway::builder(&format!("{}{legacy}", up.v1_app("")))
-        .start()
-        .await;
+    let gateway = builder(&format!("{}{legacy}", up.v1_app(""))).start().await;
     let (a, b) = (key("v1-device"), key("legacy-device"));
     up.fake.script(&a, [Reply::new(503, json!({}))]);
     up.fake.script(

@@ -4,13 +4,12 @@ use super::fake_fcm::Reply;
 use super::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use sygnal_tests::gateway::Gateway;
 
 #[tokio::test]
 async fn legacy_request_carries_the_key_options_and_every_data_field() {
     let up = Upstream::http().await;
     let app = up.legacy_app("  fcm_options:\n    time_to_live: 3600\n    collapse_key: room\n");
-    let gateway = Gateway::builder(&app).start().await;
+    let gateway = builder(&app).start().await;
     let pushkey = key("one");
 
     let (status, answer) = gateway.notify(notification(&[&pushkey])).await;
@@ -41,7 +40,7 @@ async fn legacy_sends_one_request_per_app_for_all_its_devices() {
         "com.example.other:\n  type: gcm\n  api_version: legacy\n  api_key: other-key\n  endpoint: {}\n",
         up.server.url()
     );
-    let gateway = Gateway::builder(&format!("{}{other}", up.legacy_app("")))
+    let gateway = builder(&format!("{}{other}", up.legacy_app("")))
         .start()
         .await;
     let (a, b, c, d) = (key("a"), key("b"), key("c"), key("d"));
@@ -73,7 +72,7 @@ async fn legacy_sends_one_request_per_app_for_all_its_devices() {
 #[tokio::test]
 async fn legacy_per_result_errors_reject_drop_or_retry_each_pushkey() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let gateway = builder(&up.legacy_app("")).start().await;
     let keys: Vec<String> = [
         "ok",
         "notreg",
@@ -135,9 +134,7 @@ async fn legacy_per_result_errors_reject_drop_or_retry_each_pushkey() {
 #[tokio::test]
 async fn legacy_gives_up_after_max_tries_with_a_502() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.legacy_app("  max_tries: 3\n"))
-        .start()
-        .await;
+    let gateway = builder(&up.legacy_app("  max_tries: 3\n")).start().await;
     let unavailable = Reply::new(200, json!({"results": [{"error": "Unavailable"}]}));
     up.fake.script("*", vec![unavailable; 3]);
     let (status, _) = gateway.notify(notification(&[&key("a")])).await;
@@ -148,7 +145,7 @@ async fn legacy_gives_up_after_max_tries_with_a_502() {
 #[tokio::test]
 async fn legacy_status_codes() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let gateway = builder(&up.legacy_app("")).start().await;
     let (a, b) = (key("a"), key("b"));
 
     // 404: everything rejected.
@@ -187,7 +184,7 @@ async fn legacy_status_codes() {
 #[tokio::test]
 async fn legacy_honours_retry_after_on_5xx() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let gateway = builder(&up.legacy_app("")).start().await;
     up.fake
         .script("*", [Reply::new(503, json!({})).header("retry-after", "1")]);
     let started = Instant::now();
@@ -210,7 +207,7 @@ async fn legacy_is_the_default_api_with_a_warning() {
         "{APP}:\n  type: gcm\n  api_key: {API_KEY}\n  endpoint: {}\n",
         up.server.url()
     );
-    let gateway = Gateway::builder(&app).start().await;
+    let gateway = builder(&app).start().await;
     let (status, _) = gateway.notify(notification(&[&key("a")])).await;
     assert_eq!(status, 200);
     assert_eq!(up.fake.fcm_requests()[0].path, "/fcm/send");
@@ -224,7 +221,7 @@ async fn legacy_is_the_default_api_with_a_warning() {
 #[tokio::test]
 async fn legacy_low_priority_bad_default_payload_and_empty_badge_updates() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.legacy_app("  send_badge_counts: false\n"))
+    let gateway = builder(&up.legacy_app("  send_badge_counts: false\n"))
         .start()
         .await;
     let a = key("a");

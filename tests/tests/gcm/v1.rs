@@ -6,13 +6,12 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sygnal_tests::gateway::Gateway;
 
 #[tokio::test]
 async fn v1_request_shape_and_auth() {
     let up = Upstream::http().await;
     let options = "  fcm_options:\n    android:\n      collapse_key: room\n      ttl: 60s\n    apns:\n      headers:\n        apns-priority: '10'\n";
-    let gateway = Gateway::builder(&up.v1_app(options)).start().await;
+    let gateway = builder(&up.v1_app(options)).start().await;
     let pushkey = key("one");
 
     let (status, answer) = gateway.notify(notification(&[&pushkey])).await;
@@ -41,7 +40,7 @@ async fn v1_request_shape_and_auth() {
 #[tokio::test]
 async fn v1_sends_one_request_per_device_and_rejects_dead_tokens() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.v1_app("")).start().await;
+    let gateway = builder(&up.v1_app("")).start().await;
     let (ok, unregistered, invalid, ok2, bad_default) = (
         key("ok"),
         key("unreg"),
@@ -120,7 +119,7 @@ async fn v1_sends_one_request_per_device_and_rejects_dead_tokens() {
 #[tokio::test]
 async fn v1_permanent_failures_are_not_retried() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.v1_app("")).start().await;
+    let gateway = builder(&up.v1_app("")).start().await;
     let a = key("a");
     let cases = [
         Reply::google_error(
@@ -168,9 +167,7 @@ async fn v1_permanent_failures_are_not_retried() {
 #[tokio::test]
 async fn v1_retries_server_errors_then_gives_up() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.v1_app("  max_tries: 3\n"))
-        .start()
-        .await;
+    let gateway = builder(&up.v1_app("  max_tries: 3\n")).start().await;
     let a = key("a");
     up.fake
         .script(&a, [Reply::new(500, json!({})), Reply::new(503, json!({}))]);
@@ -190,7 +187,7 @@ async fn v1_retries_server_errors_then_gives_up() {
 #[tokio::test]
 async fn v1_quota_errors_wait_for_retry_after_or_the_quota_backoff() {
     let up = Upstream::http().await;
-    let gateway = Gateway::builder(&up.v1_app("")).start().await;
+    let gateway = builder(&up.v1_app("")).start().await;
     let a = key("a");
     let quota = || {
         Reply::google_error(
@@ -224,7 +221,7 @@ async fn v1_quota_errors_wait_for_retry_after_or_the_quota_backoff() {
 #[tokio::test]
 async fn v1_token_is_fetched_once_for_many_pushes() {
     let up = Upstream::http().await;
-    let gateway = Arc::new(Gateway::builder(&up.v1_app("")).start().await);
+    let gateway = Arc::new(builder(&up.v1_app("")).start().await);
     for n in 0..10 {
         let (status, _) = gateway
             .notify(notification(&[&key(&format!("seq{n}"))]))
@@ -256,7 +253,7 @@ async fn v1_token_is_fetched_once_for_many_pushes() {
 async fn v1_token_is_refreshed_before_it_expires() {
     let up = Upstream::http().await;
     up.fake.token_expires_in.store(2, Ordering::SeqCst);
-    let gateway = Gateway::builder(&up.v1_app("")).start().await;
+    let gateway = builder(&up.v1_app("")).start().await;
     let a = key("a");
     for _ in 0..3 {
         assert_eq!(gateway.notify(notification(&[&a])).await.0, 200);
@@ -282,9 +279,7 @@ async fn v1_token_is_refreshed_before_it_expires() {
 async fn v1_max_connections_bounds_concurrent_requests() {
     let up = Upstream::http().await;
     up.fake.delay_ms.store(150, Ordering::SeqCst);
-    let gateway = Gateway::builder(&up.v1_app("  max_connections: 3\n"))
-        .start()
-        .await;
+    let gateway = builder(&up.v1_app("  max_connections: 3\n")).start().await;
     let keys: Vec<String> = (0..12).map(|n| key(&format!("d{n}"))).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let started = Instant::now();
@@ -303,7 +298,7 @@ async fn v1_max_connections_bounds_concurrent_requests() {
 async fn v1_synapse_bodies() {
     let up = Upstream::http().await;
     let app = up.v1_app("").replace(APP, "com.example.e2e");
-    let gateway = Gateway::builder(&app).start().await;
+    let gateway = builder(&app).start().await;
     let bodies = sygnal_tests::synapse_bodies();
     for body in &bodies {
         let (status, answer) = gateway.notify(body.clone()).await;
@@ -357,7 +352,7 @@ async fn push_through_proxy(setting: ProxySetting) {
     let up = Upstream::tls(&pki).await;
     let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "proxy-pass"))).await;
     let proxy_url = proxy.url();
-    let builder = Gateway::builder(&up.v1_app("")).env("SSL_CERT_FILE", pki.ca_file());
+    let builder = builder(&up.v1_app("")).env("SSL_CERT_FILE", pki.ca_file());
     let builder = match setting {
         ProxySetting::Config => builder.extra_yaml(&format!("proxy: {proxy_url}")),
         ProxySetting::Environment => builder.env("HTTPS_PROXY", &proxy_url),
@@ -401,7 +396,7 @@ async fn v1_proxy_refusing_our_credentials_fails_the_push() {
     let up = Upstream::tls(&pki).await;
     let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "right"))).await;
     let wrong = proxy.url().replace(":right@", ":wrong@");
-    let gateway = Gateway::builder(&up.v1_app("  max_tries: 1\n"))
+    let gateway = builder(&up.v1_app("  max_tries: 1\n"))
         .extra_yaml(&format!("proxy: {wrong}"))
         .env("SSL_CERT_FILE", pki.ca_file())
         .start()
