@@ -116,8 +116,34 @@ pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
     /// Accepted for compatibility; not supported yet.
     pub opentracing: Option<serde_yaml::Value>,
-    /// Accepted for compatibility; not supported yet.
-    pub sentry: Option<serde_yaml::Value>,
+    /// Error reports to Sentry.
+    pub sentry: SentryConfig,
+}
+
+/// `metrics.sentry`, as Sygnal has it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SentryConfig {
+    /// Report errors.
+    pub enabled: bool,
+    /// The project's DSN (`https://KEY@HOST/PROJECT`).
+    pub dsn: Option<String>,
+}
+
+impl SentryConfig {
+    /// The DSN to report to, when enabled.
+    pub fn dsn(&self) -> Result<Option<crate::sentry::Dsn>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let dsn = self
+            .dsn
+            .as_deref()
+            .ok_or("metrics.sentry.dsn: required when metrics.sentry.enabled is true")?;
+        crate::sentry::Dsn::parse(dsn)
+            .map(Some)
+            .map_err(|err| format!("metrics.sentry.dsn: {err}"))
+    }
 }
 
 /// `metrics.prometheus`.
@@ -248,20 +274,16 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
                 )
             })?;
     }
-    for (section, value) in [
-        ("opentracing", &config.metrics.opentracing),
-        ("sentry", &config.metrics.sentry),
-    ] {
-        let enabled = value
-            .as_ref()
-            .and_then(|v| v.get("enabled"))
-            .is_some_and(yaml_bool);
-        if enabled {
-            warnings.push(format!(
-                "metrics.{section} is not supported yet and is ignored"
-            ));
-        }
+    let opentracing_enabled = config
+        .metrics
+        .opentracing
+        .as_ref()
+        .and_then(|v| v.get("enabled"))
+        .is_some_and(yaml_bool);
+    if opentracing_enabled {
+        warnings.push("metrics.opentracing is not supported yet and is ignored".to_owned());
     }
+    config.metrics.sentry.dsn()?;
     if let Some(format) = &config.log.format {
         if format != "text" && format != "json" {
             return Err(format!("log.format: `{format}` is not one of text, json"));

@@ -98,6 +98,13 @@ pub async fn dispatch(
                     PushErrorKind::Panic => "panic",
                 };
                 tracing::warn!(app = %app.id, plugin = %app.kind, kind, error = %err.message, "dispatch failed");
+                crate::sentry::dispatch_failed(
+                    &app.id,
+                    &app.kind,
+                    err.kind,
+                    &err.message,
+                    request_id,
+                );
                 let this = match err.kind {
                     PushErrorKind::Panic => Failure::Panic,
                     _ => Failure::Dispatch,

@@ -13,6 +13,7 @@ mod metrics;
 mod notify;
 mod process_metrics;
 mod registry;
+mod sentry;
 mod yaml;
 
 use abi_stable::std_types::RString;
@@ -119,7 +120,19 @@ fn host_ctx(
     proxy: Option<String>,
     level: tracing::level_filters::LevelFilter,
 ) -> Result<HostCtx, String> {
-    let info = HostInfo {
+    let info = host_info(config, proxy);
+    let host_info_json = serde_json::to_string(&info).map_err(|err| err.to_string())?;
+    Ok(HostCtx {
+        log: logging::plugin_log_sink,
+        max_log_level: logging::plugin_max_level(level),
+        metric: metrics::plugin_metric_sink,
+        host_info_json: RString::from(host_info_json),
+    })
+}
+
+/// What plugins (and the host's own outbound clients) are told about the outbound side.
+fn host_info(config: &config::Config, proxy: Option<String>) -> HostInfo {
+    HostInfo {
         host_version: env!("CARGO_PKG_VERSION").to_owned(),
         proxy,
         extra_root_certs: std::env::var_os("SSL_CERT_FILE")
@@ -133,14 +146,7 @@ fn host_ctx(
             .plugins
             .worker_threads
             .unwrap_or_else(|| (cores() / 2).max(1)),
-    };
-    let host_info_json = serde_json::to_string(&info).map_err(|err| err.to_string())?;
-    Ok(HostCtx {
-        log: logging::plugin_log_sink,
-        max_log_level: logging::plugin_max_level(level),
-        metric: metrics::plugin_metric_sink,
-        host_info_json: RString::from(host_info_json),
-    })
+    }
 }
 
 /// Loads config, logging and every app. Shared by `serve` and `check`.
@@ -249,6 +255,11 @@ async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, Strin
 }
 
 async fn run(config: config::Config, table: apps::AppTable) -> Result<(), String> {
+    if let Some(dsn) = config.metrics.sentry.dsn()? {
+        let proxy = config::effective_proxy(&config);
+        sentry::start(&dsn, &host_info(&config, proxy))
+            .map_err(|err| format!("metrics.sentry: {err}"))?;
+    }
     let state = Arc::new(api::AppState::new(table)?.with_dedup(dedup::Dedup::new(&config.dedup)?));
     let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
