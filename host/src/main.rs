@@ -8,6 +8,7 @@ mod apps;
 mod config;
 mod dedup;
 mod dispatch;
+mod health;
 mod logging;
 mod metrics;
 mod notify;
@@ -34,6 +35,7 @@ Commands:
   serve     run the push gateway (default)
   check     validate the config and construct every app's pushkin, then exit
   plugins   list the plugin libraries found in the search path
+  health    exit 0 if the configured listener's GET /health answers 200 (container health checks)
 
 The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.";
 
@@ -41,6 +43,7 @@ enum Command {
     Serve,
     Check,
     Plugins,
+    Health,
 }
 
 struct Args {
@@ -67,10 +70,11 @@ fn parse_args() -> Result<Option<Args>, String> {
             _ if arg.starts_with("--config=") => {
                 config = Some(PathBuf::from(&arg["--config=".len()..]));
             }
-            "serve" | "check" | "plugins" if command.is_none() => {
+            "serve" | "check" | "plugins" | "health" if command.is_none() => {
                 command = Some(match arg.as_str() {
                     "serve" => Command::Serve,
                     "check" => Command::Check,
+                    "health" => Command::Health,
                     _ => Command::Plugins,
                 });
             }
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Plugins => list_plugins(args.config),
         Command::Check => check(args.config),
+        Command::Health => health::check(args.config),
         Command::Serve => serve(args.config),
     };
     match result {

@@ -7,6 +7,7 @@
 pub mod gateway;
 pub mod prometheus;
 pub mod proxy;
+pub mod python;
 pub mod redis;
 pub mod serve;
 pub mod tls;
