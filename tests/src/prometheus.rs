@@ -99,22 +99,24 @@ impl PrometheusServer {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
-    /// Evaluates `expr` now: the result vector (each element `{"metric": {...}, "value": [t, v]}`).
-    /// Panics with Prometheus' error when the expression is invalid.
-    pub async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
-        let response: serde_json::Value = self
-            .client
-            .get(format!(
-                "http://127.0.0.1:{}/api/v1/query?query={}",
-                self.port,
-                percent_encode(expr)
-            ))
+    /// GETs `/api/v1/<path>`: the JSON answer.
+    async fn api(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
             .send()
             .await
             .expect("prometheus reachable")
             .json()
             .await
-            .expect("prometheus answers JSON");
+            .expect("prometheus answers JSON")
+    }
+
+    /// Evaluates `expr` now: the result vector (each element `{"metric": {...}, "value": [t, v]}`).
+    /// Panics with Prometheus' error when the expression is invalid.
+    pub async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let response = self
+            .api(&format!("query?query={}", percent_encode(expr)))
+            .await;
         assert_eq!(
             response["status"], "success",
             "query `{expr}` failed: {response}"
@@ -127,15 +129,7 @@ impl PrometheusServer {
 
     /// The scrape targets' health: `(job, health, last error)` for each.
     pub async fn targets(&self) -> Vec<(String, String, String)> {
-        let response: serde_json::Value = self
-            .client
-            .get(format!("http://127.0.0.1:{}/api/v1/targets", self.port))
-            .send()
-            .await
-            .expect("prometheus reachable")
-            .json()
-            .await
-            .expect("prometheus answers JSON");
+        let response = self.api("targets").await;
         response["data"]["activeTargets"]
             .as_array()
             .into_iter()

@@ -123,18 +123,27 @@ async fn badge_updates_without_an_event_id_are_never_suppressed() {
     assert_eq!(dispatches(&gw).await, 4.0);
 }
 
-#[tokio::test]
-async fn a_duplicate_in_flight_waits_for_the_first_outcome() {
-    let gw = gateway("").await;
-    let key = "delay:1200:device";
-    let first = gw.notify(body(Some("$e"), key));
+/// Sends a notification for `pushkey`, and the same again 300 ms later while the first is in
+/// flight: both answers, and how long the duplicate took.
+async fn first_and_duplicate(
+    gw: &Gateway,
+    pushkey: &str,
+) -> ((u16, Value), (u16, Value), Duration) {
+    let first = gw.notify(body(Some("$e"), pushkey));
     let second = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
-        let answer = gw.notify(body(Some("$e"), key)).await;
+        let answer = gw.notify(body(Some("$e"), pushkey)).await;
         (answer, started.elapsed())
     };
     let (first, (second, waited)) = tokio::join!(first, second);
+    (first, second, waited)
+}
+
+#[tokio::test]
+async fn a_duplicate_in_flight_waits_for_the_first_outcome() {
+    let gw = gateway("").await;
+    let (first, second, waited) = first_and_duplicate(&gw, "delay:1200:device").await;
     assert_eq!(first, (200, json!({"rejected": []})));
     assert_eq!(second, first);
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
@@ -144,15 +153,7 @@ async fn a_duplicate_in_flight_waits_for_the_first_outcome() {
 #[tokio::test]
 async fn the_wait_is_bounded_and_answered_retry_later() {
     let gw = gateway("dedup:\n  wait_timeout: 0.3\n").await;
-    let key = "delay:2500:device";
-    let first = gw.notify(body(Some("$e"), key));
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let started = Instant::now();
-        let answer = gw.notify(body(Some("$e"), key)).await;
-        (answer, started.elapsed())
-    };
-    let (first, (second, waited)) = tokio::join!(first, second);
+    let (first, second, waited) = first_and_duplicate(&gw, "delay:2500:device").await;
     assert_eq!(first.0, 200);
     assert_eq!(second.0, 502, "{second:?}");
     assert!(waited < Duration::from_millis(2000), "{waited:?}");
