@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Bodies over this are refused with 413.
@@ -31,6 +31,8 @@ pub struct AppState {
     metrics: CoreMetrics,
     request_ids: AtomicU64,
     instance: u32,
+    /// `http.notify_timeout`: the bound on one whole dispatch.
+    notify_timeout: Duration,
 }
 
 impl AppState {
@@ -46,12 +48,19 @@ impl AppState {
             metrics: CoreMetrics::new()?,
             request_ids: AtomicU64::new(0),
             instance: nanos ^ std::process::id().rotate_left(16),
+            notify_timeout: Duration::from_secs_f64(crate::config::DEFAULT_NOTIFY_TIMEOUT),
         })
     }
 
     /// Suppresses duplicate notifications with `dedup` (off by default).
     pub fn with_dedup(mut self, dedup: Dedup) -> Self {
         self.dedup = dedup;
+        self
+    }
+
+    /// Bounds each /notify's dispatch by `timeout` (`http.notify_timeout`).
+    pub fn with_notify_timeout(mut self, timeout: Duration) -> Self {
+        self.notify_timeout = timeout;
         self
     }
 
@@ -201,7 +210,7 @@ async fn notify(
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let request_id = state.next_request_id();
     let span = tracing::info_span!("notify", request_id = %request_id);
-    let response = handle_notify(&state, &request_id, body)
+    let response = handle_notify(&state, &request_id, body, started + state.notify_timeout)
         .instrument(span)
         .await;
     state.metrics.finish(response.status().as_u16(), started);
@@ -212,6 +221,7 @@ async fn handle_notify(
     state: &AppState,
     request_id: &str,
     body: Result<Bytes, BytesRejection>,
+    deadline: Instant,
 ) -> Response {
     let body = match body {
         Ok(body) => body,
@@ -244,7 +254,7 @@ async fn handle_notify(
         .devices_received
         .add(parsed.devices.len() as f64);
     let table = state.apps.load_full();
-    match state.dedup.dispatch(&table, request_id, &parsed).await {
+    match state.dedup.dispatch(&table, request_id, &parsed, deadline).await {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),

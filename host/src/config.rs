@@ -96,7 +96,16 @@ pub struct HttpConfig {
     pub port: u16,
     /// Added: seconds to let in-flight requests finish on SIGTERM/SIGINT.
     pub shutdown_timeout: f64,
+    /// Added: seconds one /notify may take to dispatch, waiting for connection slots and
+    /// retries included; past it the work is cancelled and the answer is 502.
+    pub notify_timeout: f64,
 }
+
+/// Synapse waits 60 s for a push gateway's response headers, then logs a failure and retries
+/// later; an answer after that is lost. 50 s answers before it, with room for the network and
+/// the body, and still fits the default retry schedule of the HTTP pushkins (tries at 0, 10 and
+/// 30 s).
+pub const DEFAULT_NOTIFY_TIMEOUT: f64 = 50.0;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -104,6 +113,7 @@ impl Default for HttpConfig {
             bind_addresses: vec!["::1".to_owned(), "127.0.0.1".to_owned()],
             port: 5000,
             shutdown_timeout: 10.0,
+            notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
         }
     }
 }
@@ -260,6 +270,12 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
     }
     if !config.http.shutdown_timeout.is_finite() || config.http.shutdown_timeout < 0.0 {
         return Err("http.shutdown_timeout: must be a non-negative number of seconds".to_owned());
+    }
+    let notify_timeout = config.http.notify_timeout;
+    if !notify_timeout.is_finite() || notify_timeout <= 0.0 || notify_timeout > 86_400.0 {
+        return Err(
+            "http.notify_timeout: must be a positive number of seconds (at most 86400)".to_owned(),
+        );
     }
     if config.metrics.prometheus.enabled {
         config
@@ -460,6 +476,7 @@ apps:
         let loaded = parse(SYGNAL_SAMPLE).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert_eq!(loaded.config.http.port, 5000);
+        assert_eq!(loaded.config.http.notify_timeout, DEFAULT_NOTIFY_TIMEOUT);
         assert!(loaded.config.metrics.prometheus.enabled);
         assert_eq!(loaded.apps.len(), 2);
         let android = &loaded.apps[0];
@@ -483,6 +500,15 @@ apps:
         let err =
             parse("http:\n  bind_addresses: ['nowhere']\napps:\n  a:\n    type: x\n").unwrap_err();
         assert!(err.starts_with("http.bind_addresses.0:"), "{err}");
+        for bad in ["0", "-1", ".nan", "x"] {
+            let err = parse(&format!(
+                "http:\n  notify_timeout: {bad}\napps:\n  a:\n    type: x\n"
+            ))
+            .unwrap_err();
+            assert!(err.starts_with("http.notify_timeout:"), "{bad}: {err}");
+        }
+        let loaded = parse("http:\n  notify_timeout: 2.5\napps:\n  a:\n    type: x\n").unwrap();
+        assert_eq!(loaded.config.http.notify_timeout, 2.5);
     }
 
     #[test]

@@ -25,10 +25,14 @@ struct Batch {
 
 /// Routes the devices, dispatches each app's batch concurrently and joins the outcomes: the
 /// rejected pushkeys (unroutable ones included), or the worst failure.
+///
+/// Whatever is still running at `deadline` is cancelled (dropping a plugin's future aborts its
+/// task, retries and connection waits included) and the notification fails.
 pub async fn dispatch(
     table: &AppTable,
     request_id: &str,
     parsed: &ParsedNotify<'_>,
+    deadline: Instant,
 ) -> Result<Vec<String>, Failure> {
     let mut rejected = Vec::new();
     // Notifications from Synapse carry one device: a Vec beats a map here.
@@ -66,6 +70,7 @@ pub async fn dispatch(
     let mut failure = None;
     let notification_json = parsed.notification.get();
     let mut pending = Vec::with_capacity(batches.len());
+    let mut dispatched = Vec::with_capacity(batches.len());
     for batch in batches {
         let Some(slot) = batch.app.try_acquire() else {
             batch.app.inflight_drops.inc();
@@ -79,6 +84,7 @@ pub async fn dispatch(
             RStr::from_str(&batch.devices_json),
         );
         let app = batch.app;
+        dispatched.push(Arc::clone(&app));
         pending.push(async move {
             let started = Instant::now();
             let outcome = future.await;
@@ -88,7 +94,18 @@ pub async fn dispatch(
         });
     }
 
-    for (app, outcome) in join_all(pending).await {
+    let outcomes = match tokio::time::timeout_at(deadline.into(), join_all(pending)).await {
+        Ok(outcomes) => outcomes,
+        Err(_) => {
+            let apps: Vec<&str> = dispatched.iter().map(|app| app.id.as_str()).collect();
+            tracing::warn!(
+                ?apps,
+                "notify deadline (http.notify_timeout) passed: dispatch cancelled"
+            );
+            return Err(Failure::Dispatch);
+        }
+    };
+    for (app, outcome) in outcomes {
         match outcome {
             RResult::ROk(keys) => rejected.extend(keys.into_iter().map(String::from)),
             RResult::RErr(err) => {

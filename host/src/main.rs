@@ -265,7 +265,12 @@ async fn run(config: config::Config, table: apps::AppTable) -> Result<(), String
         sentry::start(&dsn, &host_info(&config, proxy))
             .map_err(|err| format!("metrics.sentry: {err}"))?;
     }
-    let state = Arc::new(api::AppState::new(table)?.with_dedup(dedup::Dedup::new(&config.dedup)?));
+    let notify_timeout = Duration::from_secs_f64(config.http.notify_timeout);
+    let state = Arc::new(
+        api::AppState::new(table)?
+            .with_notify_timeout(notify_timeout)
+            .with_dedup(dedup::Dedup::new(&config.dedup)?),
+    );
     let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();

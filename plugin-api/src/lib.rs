@@ -35,6 +35,7 @@
 //! - the SDK: [`Pushkin`], [`PushkinContext`], [`PushError`], [`Metrics`], [`export_pushkin!`].
 //! - [`text`]: truncation helpers that respect character boundaries.
 //! - [`lenient`]: reading config values as PyYAML (YAML 1.1) would have (`yes`, `"5000"`).
+//! - [`validate`]: what a valid notification is (the host refuses the rest; the SDK parses it).
 //! - [`http`] (feature `http`): the outbound HTTP client and retry policy shared by HTTP pushkins.
 //! - [`abi`]: the binary interface itself, for the host.
 
@@ -48,6 +49,11 @@ mod metrics;
 pub mod notification;
 mod sdk;
 pub mod text;
+pub mod validate;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 
 #[cfg(feature = "http")]
 pub mod http;

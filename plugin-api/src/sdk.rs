@@ -11,7 +11,7 @@ use crate::abi::{
 };
 use crate::host_info::{HostInfo, PluginInfo};
 use crate::metrics::Metrics;
-use crate::notification::{Device, JsonObject, Notification};
+use crate::notification::{JsonObject, Notification};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
@@ -334,24 +334,12 @@ impl<P: Pushkin> Adapter<P> {
         notification_json: RStr<'_>,
         devices_json: RStr<'_>,
     ) -> FfiFuture<FfiDispatchResult> {
-        let mut notification: Notification = match serde_json::from_str(notification_json.as_str())
-        {
-            Ok(n) => n,
-            Err(err) => {
-                return failed(
-                    PushErrorKind::Permanent,
-                    format!("invalid notification from host: {err}"),
-                )
-            }
-        };
-        notification.devices = match serde_json::from_str::<Vec<Device>>(devices_json.as_str()) {
-            Ok(devices) => devices,
-            Err(err) => {
-                return failed(
-                    PushErrorKind::Permanent,
-                    format!("invalid devices from host: {err}"),
-                )
-            }
+        let notification = match Notification::from_dispatch_json(
+            notification_json.as_str(),
+            devices_json.as_str(),
+        ) {
+            Ok(notification) => notification,
+            Err(message) => return failed(PushErrorKind::Permanent, message),
         };
         let pushkin = Arc::clone(&self.inner);
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);

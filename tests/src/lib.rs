@@ -10,7 +10,9 @@ pub mod proxy;
 pub mod python;
 pub mod redis;
 pub mod serve;
+pub mod synapse;
 pub mod tls;
+pub mod unifiedpush;
 
 use std::path::PathBuf;
 

@@ -394,15 +394,24 @@ async fn long_multibyte_messages_are_shaved_to_4096_bytes() {
     let shaved = args[2].as_str().expect("text");
     assert!(text.starts_with(shaved) && shaved.len() < text.len());
 
-    // Nothing shaveable (no aps in an event_id_only push): a permanent failure, nothing sent.
+    // Nothing shaveable (no aps in an event_id_only push): it can never be delivered, so it
+    // is dropped, logged and counted, not failed (a 5xx would be retried for a day).
     let (pushkey, hex) = token(91);
     let mut d = device(&pushkey);
     d["data"] = json!({"format": "event_id_only", "default_payload": {"blob": "x".repeat(5000)}});
-    let (status, _) = gw
+    let answer = gw
         .notify(notification(vec![d], json!({"type": null})))
         .await;
-    assert_eq!(status, 502);
+    assert_eq!(answer, (200, json!({"rejected": []})));
     assert!(apns.received_for(&hex).is_empty());
+    assert!(gw.logs().contains("notification dropped"), "{}", gw.logs());
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "sygnal_apns_dropped_total{{pushkin=\"{APP}\",reason=\"payload_too_large\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

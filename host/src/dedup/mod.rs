@@ -204,26 +204,29 @@ impl Dedup {
         })
     }
 
-    /// Dispatches `parsed`, except to devices that already got this event: those are answered
-    /// with the earlier outcome.
+    /// Dispatches `parsed` (bounded by `deadline`, see [`dispatch`]), except to devices that
+    /// already got this event: those are answered with the earlier outcome. Waiting for a first
+    /// attempt in flight is bounded by `dedup.wait_timeout` and by `deadline`.
     pub async fn dispatch(
         &self,
         table: &AppTable,
         request_id: &str,
         parsed: &ParsedNotify<'_>,
+        deadline: Instant,
     ) -> Result<Vec<String>, Failure> {
         let Some(inner) = &self.inner else {
-            return dispatch(table, request_id, parsed).await;
+            return dispatch(table, request_id, parsed, deadline).await;
         };
         let Some(event_id) = event_id(parsed) else {
-            return dispatch(table, request_id, parsed).await;
+            return dispatch(table, request_id, parsed, deadline).await;
         };
+        let wait_until = deadline.min(Instant::now() + inner.wait);
         let mut rejected = Vec::new();
         let mut guards = Vec::with_capacity(parsed.devices.len());
         let mut devices = Vec::with_capacity(parsed.devices.len());
         for device in &parsed.devices {
             let key = key(&event_id, &device.app_id, &device.pushkey);
-            match inner.claim(key).await {
+            match inner.claim(key, wait_until).await {
                 Claimed::Owner(guard) => {
                     guards.push(guard);
                     devices.push(DeviceRef {
@@ -260,7 +263,7 @@ impl Dedup {
             notification: parsed.notification,
             devices,
         };
-        let result = dispatch(table, request_id, &subset).await;
+        let result = dispatch(table, request_id, &subset, deadline).await;
         if let Ok(newly_rejected) = &result {
             for (guard, device) in guards.into_iter().zip(&subset.devices) {
                 let outcome = if newly_rejected.iter().any(|k| *k == device.pushkey) {
@@ -294,8 +297,8 @@ impl Inner {
         }
     }
 
-    async fn claim(self: &Arc<Self>, key: Key) -> Claimed {
-        let deadline = tokio::time::Instant::now() + self.wait;
+    async fn claim(self: &Arc<Self>, key: Key, wait_until: Instant) -> Claimed {
+        let deadline = tokio::time::Instant::from_std(wait_until);
         loop {
             let mut waiting = match self.memory.claim(key) {
                 MemoryClaim::Known(outcome) => return Claimed::Known(outcome),

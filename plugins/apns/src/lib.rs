@@ -20,9 +20,13 @@ use sygnal_plugin_api::{
 };
 use transport::{Delivery, Push, Transport};
 
+const DROPPED: &str = "sygnal_apns_dropped";
+const DROPPED_HELP: &str = "Notifications not sent to APNs because they can never be delivered";
+
 /// One configured APNs app.
 pub struct ApnsPushkin {
     app_id: String,
+    metrics: sygnal_plugin_api::Metrics,
     payload_options: PayloadOptions,
     convert_device_token_to_hex: bool,
     transport: Transport,
@@ -54,6 +58,7 @@ impl Pushkin for ApnsPushkin {
         );
         Ok(ApnsPushkin {
             app_id,
+            metrics: ctx.metrics(),
             payload_options: PayloadOptions {
                 send_badge_counts: config.send_badge_counts,
             },
@@ -114,11 +119,22 @@ impl ApnsPushkin {
                 return Ok(Some(device.pushkey.clone()));
             }
             Err(too_long) => {
-                return Err(PushError::permanent(format!(
-                    "payload for {key}… is {} bytes after truncation, over APNs' {} byte limit",
-                    too_long.bytes,
-                    payload::MAX_BODY_BYTES
-                )))
+                // Retrying cannot shrink it (the pusher's default_payload or tweaks make it too
+                // big): dropped, not failed, so the homeserver does not retry it for a day.
+                tracing::warn!(
+                    app = %self.app_id,
+                    token = %key,
+                    bytes = too_long.bytes,
+                    limit = payload::MAX_BODY_BYTES,
+                    "payload over APNs' limit even after truncation: notification dropped"
+                );
+                self.metrics.counter_add(
+                    DROPPED,
+                    DROPPED_HELP,
+                    &Labels::new(&[("pushkin", &self.app_id), ("reason", "payload_too_large")]),
+                    1.0,
+                );
+                return Ok(None);
             }
         };
         let Some(device_token) =

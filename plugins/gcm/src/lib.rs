@@ -28,10 +28,11 @@ impl Pushkin for GcmPushkin {
 
     fn new(ctx: PushkinContext) -> Result<Self, String> {
         let config = GcmConfig::from_context(&ctx)?;
+        let request_timeout = Duration::from_secs(30);
         let options = ClientOptions {
             // Keep as many idle connections as may be busy at once.
             max_idle_per_host: config.max_connections,
-            request_timeout: Duration::from_secs(30),
+            request_timeout,
             ..ClientOptions::default()
         };
         let client = build_client(ctx.host(), &options)
@@ -55,6 +56,8 @@ impl Pushkin for GcmPushkin {
             client,
             auth,
             max_connections: config.max_connections,
+            // A request waits for a slot at most as long as one request may take.
+            slot_wait: request_timeout,
             retry: config.retry,
             fcm_options: config.fcm_options,
             send_badge_counts: config.send_badge_counts,

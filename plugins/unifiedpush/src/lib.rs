@@ -84,6 +84,9 @@ pub enum Verdict {
     Delivered,
     /// The endpoint is gone for good: reject the pushkey.
     Gone,
+    /// 413: the message is over what the push server takes (the spec's minimum is 4096
+    /// bytes). Retrying cannot help: dropped and logged, not failed.
+    TooLarge,
     /// Try again.
     Retry,
 }
@@ -93,6 +96,7 @@ pub fn verdict(status: u16) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
         401..=404 | 410 => Verdict::Gone,
+        413 => Verdict::TooLarge,
         _ => Verdict::Retry,
     }
 }
@@ -199,6 +203,10 @@ impl UnifiedPush {
                         tracing::info!(%host, status, "endpoint gone: pushkey rejected");
                         Attempt::Done(false)
                     }
+                    Verdict::TooLarge => {
+                        tracing::warn!(%host, bytes = body.len(), "endpoint refused the message as too large (413): dropped");
+                        Attempt::Done(true)
+                    }
                     Verdict::Retry => Attempt::Retry {
                         reason: format!("endpoint {host} answered {status}"),
                         retry_after,
@@ -231,6 +239,25 @@ mod tests {
         );
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use sygnal_plugin_api::testing::accepted_notifications;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Whatever the host accepts encodes, without the devices.
+            #[test]
+            fn every_accepted_notification_encodes(n in accepted_notifications()) {
+                let body = request_body(&n).map_err(TestCaseError::fail)?;
+                let value: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|err| TestCaseError::fail(err.to_string()))?;
+                prop_assert!(value["notification"].get("devices").is_none());
+            }
+        }
+    }
+
     #[test]
     fn statuses_map_to_verdicts() {
         assert_eq!(verdict(200), Verdict::Delivered);
@@ -238,6 +265,7 @@ mod tests {
         for gone in [401, 402, 403, 404, 410] {
             assert_eq!(verdict(gone), Verdict::Gone, "{gone}");
         }
+        assert_eq!(verdict(413), Verdict::TooLarge);
         for retry in [400, 408, 429, 500, 502, 503, 301] {
             assert_eq!(verdict(retry), Verdict::Retry, "{retry}");
         }

@@ -307,8 +307,8 @@ async fn v1_synapse_bodies() {
     let requests = up.fake.fcm_requests();
     assert_eq!(
         requests.len(),
-        2,
-        "the badge-only update with unread 0 is not sent"
+        3,
+        "the badge-only update with unread 0 is sent: it clears the badge"
     );
     assert_eq!(
         requests[0].body["message"]["data"],
@@ -326,6 +326,12 @@ async fn v1_synapse_bodies() {
             "event_id": "$jFlYVIFuitEfqDRKzev7eCM4XCBkL-nQ0gYwflh3wZ8",
             "room_id": "!_3Zl3QKyURPMqBx2_W6qGIhtj-A3NzqUERzZPwkwRmc",
             "prio": "high", "unread": "2",
+        }})
+    );
+    assert_eq!(
+        requests[2].body["message"],
+        json!({"token": "key-badge", "android": {"priority": "high"}, "data": {
+            "sender": "", "prio": "high", "unread": "0",
         }})
     );
 }
