@@ -254,7 +254,11 @@ async fn handle_notify(
         .devices_received
         .add(parsed.devices.len() as f64);
     let table = state.apps.load_full();
-    match state.dedup.dispatch(&table, request_id, &parsed, deadline).await {
+    match state
+        .dedup
+        .dispatch(&table, request_id, &parsed, deadline)
+        .await
+    {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),
