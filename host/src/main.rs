@@ -5,6 +5,7 @@
 
 mod api;
 mod apps;
+mod compat;
 mod config;
 mod dedup;
 mod dispatch;
@@ -12,6 +13,7 @@ mod health;
 mod logging;
 mod metrics;
 mod notify;
+mod plugin_log;
 mod process_metrics;
 mod registry;
 mod sentry;

@@ -167,6 +167,7 @@ fn load_library(path: &Path) -> Result<PluginLibrary, String> {
     let kind = module.kind()().as_str().to_owned();
     let version = module.version()().as_str().to_owned();
     let info_json = module.info_json()();
+    crate::compat::refuse_unsafe_library(path, info_json.as_str())?;
     let info = serde_json::from_str(info_json.as_str())
         .map_err(|err| format!("{}: invalid plugin info: {err}", path.display()))?;
     Ok(PluginLibrary {

@@ -109,6 +109,7 @@ const SHARED_APP_KEYS: &[&str] = &[
     "inflight_request_limit",
     "max_tries",
     "retry_delay_base",
+    crate::fan_out::MAX_CONCURRENT_DEVICES_KEY,
 ];
 
 impl PushkinContext {
@@ -120,6 +121,12 @@ impl PushkinContext {
     /// The app's config section, as JSON.
     pub fn raw_config(&self) -> &JsonObject {
         &self.config
+    }
+
+    /// A configuration error naming the key, as the host shows it:
+    /// `apps.<app id>.<key>: <why>`. Return it from [`Pushkin::new`].
+    pub fn config_error(&self, key: &str, why: impl std::fmt::Display) -> String {
+        format!("apps.{}.{key}: {why}", self.app_id)
     }
 
     /// The app's config section, deserialized. Booleans and numbers are read as PyYAML would
@@ -243,9 +250,17 @@ extern "C" fn version() -> RStr<'static> {
 }
 
 extern "C" fn info_json<P: Pushkin>() -> RString {
-    catch_unwind(|| serde_json::to_string(&P::plugin_info()).unwrap_or_default())
-        .unwrap_or_else(|_| "{}".to_owned())
-        .into()
+    let info = catch_unwind(P::plugin_info).unwrap_or_default();
+    let mut json = match serde_json::to_value(info) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    // Reported by the SDK itself: the host's refusal must not depend on the author.
+    json.insert(
+        crate::host_info::PANIC_STRATEGY_KEY.to_owned(),
+        crate::host_info::PANIC_STRATEGY.into(),
+    );
+    serde_json::Value::Object(json).to_string().into()
 }
 
 extern "C" fn shutdown() {

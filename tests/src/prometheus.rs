@@ -193,9 +193,9 @@ impl Drop for PrometheusServer {
     }
 }
 
-/// Runs `promtool check metrics` on an exposition: its exit status and output. Prometheus'
-/// own linter parses the text and reports format errors and naming problems.
-pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
+/// Runs `promtool check metrics` (Prometheus' own parser and linter) on an exposition: its exit
+/// code and what it said. Code 1 is a parse error; 3 is lint advice only.
+pub fn promtool_check_metrics(exposition: &str) -> (i32, String) {
     use std::io::Write as _;
     let mut child = Command::new(require("promtool"))
         .args(["check", "metrics"])
@@ -216,5 +216,5 @@ pub fn promtool_check_metrics(exposition: &str) -> (bool, String) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    (output.status.success(), text)
+    (output.status.code().unwrap_or(-1), text)
 }

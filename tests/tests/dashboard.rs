@@ -140,8 +140,8 @@ async fn sygnal_and_our_dashboards_resolve_against_a_real_prometheus() {
 
     // Prometheus' own linter accepts the exposition.
     let exposition = gateway.metrics().await;
-    let (ok, report) = promtool_check_metrics(&exposition);
-    assert!(ok, "promtool check metrics failed:\n{report}\n{exposition}");
+    let (code, report) = promtool_check_metrics(&exposition);
+    assert_eq!(code, 0, "promtool check metrics:\n{report}\n{exposition}");
 
     let prometheus = PrometheusServer::start(&[("sygnal", gateway.metrics_port)]).await;
     // rate() needs two samples in its window.
