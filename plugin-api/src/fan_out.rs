@@ -58,8 +58,9 @@ impl FanOut {
 
     /// Calls `deliver` for every device, at most [`limit`](Self::limit) at a time, and joins
     /// the outcomes: `Ok(true)` means the device's pushkey is rejected, `Ok(false)` delivered
-    /// (or dropped on purpose). Returns the rejected pushkeys, or the first error once every
-    /// delivery has finished (so one failing device does not cancel the others halfway).
+    /// (or dropped on purpose). Returns the rejected pushkeys, or the worst error (see
+    /// [`PushError::worse`]) once every delivery has finished (so one failing device does not
+    /// cancel the others halfway).
     pub async fn run<'a, F, Fut>(
         &self,
         devices: &'a [Device],
@@ -72,36 +73,42 @@ impl FanOut {
         // A hand-driven FuturesUnordered rather than `buffer_unordered` over a mapping
         // closure: the closure would make the caller's future fail rustc's Send check.
         let mut in_flight = FuturesUnordered::new();
-        let mut waiting = devices.iter();
+        let mut waiting = devices.iter().enumerate();
+        // Device indexes, sorted at the end so the answer lists rejected pushkeys in
+        // the order the homeserver sent them, whatever order the deliveries finished in.
         let mut rejected = Vec::new();
         let mut failure = None;
         loop {
             while in_flight.len() < self.limit {
                 match waiting.next() {
-                    Some(device) => in_flight.push(tagged(device, deliver(device))),
+                    Some((index, device)) => in_flight.push(tagged(index, deliver(device))),
                     None => break,
                 }
             }
-            let Some((device, outcome)) = in_flight.next().await else {
+            let Some((index, outcome)) = in_flight.next().await else {
                 break;
             };
             match outcome {
-                Ok(true) => rejected.push(device.pushkey.clone()),
+                Ok(true) => rejected.push(index),
                 Ok(false) => {}
-                Err(err) => {
-                    failure.get_or_insert(err);
-                }
+                Err(err) => failure = Some(PushError::worse(failure, err)),
             }
         }
         match failure {
             Some(err) => Err(err),
-            None => Ok(rejected),
+            None => {
+                rejected.sort_unstable();
+                Ok(rejected
+                    .into_iter()
+                    .map(|index| devices[index].pushkey.clone())
+                    .collect())
+            }
         }
     }
 }
 
-async fn tagged<Fut: Future>(device: &Device, delivery: Fut) -> (&Device, Fut::Output) {
-    (device, delivery.await)
+async fn tagged<Fut: Future>(index: usize, delivery: Fut) -> (usize, Fut::Output) {
+    (index, delivery.await)
 }
 
 #[cfg(test)]
@@ -130,7 +137,9 @@ mod tests {
                 async move {
                     let current = now.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(current, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    // Later devices finish first: the answer must still be in device order.
+                    let index: u64 = device.pushkey[1..].parse().unwrap();
+                    tokio::time::sleep(Duration::from_millis(2 + (50 - index) / 10)).await;
                     now.fetch_sub(1, Ordering::SeqCst);
                     Ok(device.pushkey.ends_with('3'))
                 }
@@ -142,9 +151,7 @@ mod tests {
             7,
             "the bound is reached, never passed"
         );
-        let mut rejected = rejected;
-        rejected.sort();
-        assert_eq!(rejected, ["k13", "k23", "k3", "k33", "k43"]);
+        assert_eq!(rejected, ["k3", "k13", "k23", "k33", "k43"]);
     }
 
     #[tokio::test]
@@ -166,6 +173,21 @@ mod tests {
             .await;
         assert_eq!(result, Err(PushError::temporary("upstream down")));
         assert_eq!(ran.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_outranks_a_temporary_one() {
+        let devices = devices(6);
+        let result = FanOut::new(2)
+            .run(&devices, |device| async move {
+                match device.pushkey.as_str() {
+                    "k1" | "k5" => Err(PushError::temporary("busy")),
+                    "k3" => Err(PushError::permanent("bad credentials")),
+                    _ => Ok(false),
+                }
+            })
+            .await;
+        assert_eq!(result, Err(PushError::permanent("bad credentials")));
     }
 
     #[test]

@@ -78,6 +78,16 @@ impl PushError {
             message: message.into(),
         }
     }
+
+    /// Of the failure kept so far and a new one, the one to report for the whole dispatch: a
+    /// permanent failure says more about the configuration than a temporary one, so it wins;
+    /// between equals the first is kept.
+    pub fn worse(kept: Option<PushError>, new: PushError) -> PushError {
+        match kept {
+            Some(kept) if !kept.temporary || new.temporary => kept,
+            _ => new,
+        }
+    }
 }
 
 impl std::fmt::Display for PushError {

@@ -580,6 +580,18 @@ async fn concurrent_notifications_share_one_connection() {
 }
 
 #[tokio::test]
+async fn max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let apns = FakeApns::start(false).await;
+    apns.default_reply(Reply::ok().delayed(Duration::from_millis(100)));
+    let gw = gateway(&apns, &token_app(&apns, "  max_concurrent_devices: 3\n")).await;
+    let devices = (0..12u8).map(|seed| device(&token(140 + seed).0)).collect();
+    let (status, answer) = gw.notify(notification(devices, json!({}))).await;
+    assert_eq!((status, answer), (200, json!({"rejected": []})));
+    assert_eq!(apns.received().len(), 12);
+    assert_eq!(apns.max_in_flight(), 3, "concurrent, but at most 3");
+}
+
+#[tokio::test]
 async fn metrics_use_sygnal_names() {
     let apns = FakeApns::start(false).await;
     let gw = gateway(&apns, &token_app(&apns, "  max_tries: 1\n")).await;

@@ -295,6 +295,25 @@ async fn v1_max_connections_bounds_concurrent_requests() {
 }
 
 #[tokio::test]
+async fn v1_max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let up = Upstream::http().await;
+    up.fake.delay_ms.store(100, Ordering::SeqCst);
+    let gateway = Gateway::builder(&up.v1_app("  max_concurrent_devices: 2\n"))
+        .start()
+        .await;
+    let keys: Vec<String> = (0..8).map(|n| key(&format!("f{n}"))).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (status, answer) = gateway.notify(notification(&refs)).await;
+    assert_eq!((status, rejected(&answer)), (200, vec![]));
+    assert_eq!(up.fake.fcm_requests().len(), 8);
+    assert_eq!(
+        up.fake.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "max_connections is 20: the device bound is what holds"
+    );
+}
+
+#[tokio::test]
 async fn v1_synapse_bodies() {
     let up = Upstream::http().await;
     let app = up.v1_app("").replace(APP, "com.example.e2e");
