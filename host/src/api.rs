@@ -1,7 +1,8 @@
 //! The HTTP API: `POST /_matrix/push/v1/notify`, `GET /health`, and the spec's error rules.
 
 use crate::apps::AppTable;
-use crate::dispatch::{dispatch, Failure};
+use crate::dedup::Dedup;
+use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
 use arc_swap::ArcSwap;
@@ -26,6 +27,7 @@ const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 pub struct AppState {
     /// The app table; swapped whole on reload.
     pub apps: ArcSwap<AppTable>,
+    dedup: Dedup,
     metrics: CoreMetrics,
     request_ids: AtomicU64,
     instance: u32,
@@ -42,11 +44,18 @@ impl AppState {
             .unwrap_or(0);
         Ok(AppState {
             apps: ArcSwap::from_pointee(apps),
+            dedup: Dedup::default(),
             metrics: CoreMetrics::new()?,
             request_ids: AtomicU64::new(0),
             instance: nanos ^ std::process::id().rotate_left(16),
             notify_timeout: Duration::from_secs_f64(crate::config::DEFAULT_NOTIFY_TIMEOUT),
         })
+    }
+
+    /// Suppresses duplicate notifications with `dedup` (off by default).
+    pub fn with_dedup(mut self, dedup: Dedup) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     /// Bounds each /notify's dispatch by `timeout` (`http.notify_timeout`).
@@ -244,7 +253,11 @@ async fn handle_notify(
         .metrics
         .devices_received
         .add(parsed.devices.len() as f64);
-    match dispatch(state.apps.load_full(), request_id, &parsed, deadline).await {
+    match state
+        .dedup
+        .dispatch(state.apps.load_full(), request_id, &parsed, deadline)
+        .await
+    {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),
@@ -282,7 +295,11 @@ pub fn metrics_router() -> Router {
                     header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                registry().render(),
+                {
+                    let mut text = registry().render();
+                    crate::process_metrics::render(&mut text);
+                    text
+                },
             )
         }),
     )

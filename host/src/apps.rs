@@ -29,6 +29,8 @@ pub struct App {
     pub devices_sent: Arc<Series>,
     /// `sygnal_inflight_request_limit_drop{pushkin}`: dispatches refused by the in-flight limit.
     pub inflight_drops: Arc<Series>,
+    /// `sygnal_pushkin_dispatch_time{pushkin}`: how long this app's dispatches take.
+    pub dispatch_time: Arc<Series>,
     source: AppSource,
 }
 
@@ -203,6 +205,14 @@ impl App {
                     &labels,
                 )
                 .ok_or("metric sygnal_inflight_request_limit_drop has the wrong type")?,
+            dispatch_time: metrics
+                .series(
+                    "sygnal_pushkin_dispatch_time",
+                    "Time taken by each app's pushkin to dispatch one notification",
+                    Kind::Histogram,
+                    &labels,
+                )
+                .ok_or("metric sygnal_pushkin_dispatch_time has the wrong type")?,
             source,
         }))
     }

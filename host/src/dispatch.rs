@@ -91,7 +91,9 @@ pub async fn dispatch(
         let app = batch.app;
         dispatched.push(Arc::clone(&app));
         pending.push(async move {
+            let started = Instant::now();
             let outcome = future.await;
+            app.dispatch_time.observe(started.elapsed().as_secs_f64());
             drop(slot);
             (app, outcome)
         });
@@ -118,6 +120,13 @@ pub async fn dispatch(
                     PushErrorKind::Panic => "panic",
                 };
                 tracing::warn!(app = %app.id, plugin = %app.kind, kind, error = %err.message, "dispatch failed");
+                crate::sentry::dispatch_failed(
+                    &app.id,
+                    &app.kind,
+                    err.kind,
+                    &err.message,
+                    request_id,
+                );
                 let this = match err.kind {
                     PushErrorKind::Panic => Failure::Panic,
                     _ => Failure::Dispatch,

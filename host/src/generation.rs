@@ -36,17 +36,7 @@ impl HostInputs {
         level: LevelFilter,
         worker_threads: usize,
     ) -> Result<Self, String> {
-        let info = HostInfo {
-            host_version: env!("CARGO_PKG_VERSION").to_owned(),
-            proxy: config::effective_proxy(config),
-            extra_root_certs: std::env::var_os("SSL_CERT_FILE")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .into_iter()
-                .collect(),
-            user_agent: format!("sygnal/{}", env!("CARGO_PKG_VERSION")),
-            worker_threads,
-        };
+        let info = host_info(config, worker_threads);
         let host_info_json = serde_json::to_string(&info).map_err(|err| err.to_string())?;
         let mut context = digest::Context::new(&digest::SHA256);
         context.update(host_info_json.as_bytes());
@@ -62,6 +52,21 @@ impl HostInputs {
             },
             digest: finish(context),
         })
+    }
+}
+
+/// What plugins (and the host's own outbound clients) are told about the outbound side.
+pub fn host_info(config: &config::Config, worker_threads: usize) -> HostInfo {
+    HostInfo {
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        proxy: config::effective_proxy(config),
+        extra_root_certs: std::env::var_os("SSL_CERT_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .into_iter()
+            .collect(),
+        user_agent: format!("sygnal/{}", env!("CARGO_PKG_VERSION")),
+        worker_threads,
     }
 }
 

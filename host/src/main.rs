@@ -9,15 +9,20 @@ mod apps;
 mod commands;
 mod compat;
 mod config;
+mod dedup;
 mod dispatch;
 mod generation;
+mod health;
 mod logging;
 mod metrics;
 mod notify;
 mod plugin_log;
+mod process_metrics;
 mod registry;
 mod reload;
+mod sentry;
 mod snapshot;
+mod yaml;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -37,6 +42,7 @@ Commands:
             then print what a reload of a gateway running RUNNING (default: none) would add,
             change, remove and keep
   plugins   list the plugin libraries in the search path and the library serving each app
+  health    exit 0 if the configured listener's GET /health answers 200 (container health checks)
 
 The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.";
 
@@ -44,6 +50,7 @@ enum Command {
     Serve,
     Check,
     Plugins,
+    Health,
 }
 
 struct Args {
@@ -76,10 +83,11 @@ fn parse_args() -> Result<Option<Args>, String> {
                 let path = args.next().ok_or("--against needs a path")?;
                 against = Some(PathBuf::from(path));
             }
-            "serve" | "check" | "plugins" if command.is_none() => {
+            "serve" | "check" | "plugins" | "health" if command.is_none() => {
                 command = Some(match arg.as_str() {
                     "serve" => Command::Serve,
                     "check" => Command::Check,
+                    "health" => Command::Health,
                     _ => Command::Plugins,
                 });
             }
@@ -112,6 +120,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Plugins => commands::plugins(args.config),
         Command::Check => commands::check(args.config, args.against),
+        Command::Health => health::check(args.config),
         Command::Serve => serve(args.config),
     };
     match result {
@@ -224,7 +233,11 @@ async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, Strin
 
 async fn run(started: Started) -> Result<(), String> {
     let notify_timeout = Duration::from_secs_f64(started.loaded.config.http.notify_timeout);
-    let state = Arc::new(api::AppState::new(started.table)?.with_notify_timeout(notify_timeout));
+    let state = Arc::new(
+        api::AppState::new(started.table)?
+            .with_notify_timeout(notify_timeout)
+            .with_dedup(dedup::Dedup::new(&started.loaded.config.dedup)?),
+    );
     let reloader = Arc::new(reload::Reloader::new(
         started.config_path,
         &started.loaded,
@@ -234,6 +247,13 @@ async fn run(started: Started) -> Result<(), String> {
         started.plugins,
     )?);
     let config = started.loaded.config;
+    if let Some(dsn) = config.metrics.sentry.dsn()? {
+        sentry::start(
+            &dsn,
+            &generation::host_info(&config, started.worker_threads),
+        )
+        .map_err(|err| format!("metrics.sentry: {err}"))?;
+    }
     let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();

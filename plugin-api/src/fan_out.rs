@@ -41,8 +41,7 @@ impl FanOut {
     pub fn from_context(ctx: &PushkinContext) -> Result<Self, String> {
         match ctx.raw_config().get(MAX_CONCURRENT_DEVICES_KEY) {
             None | Some(serde_json::Value::Null) => Ok(FanOut::default()),
-            Some(value) => value
-                .as_u64()
+            Some(value) => crate::lenient::as_u64(value)
                 .filter(|n| *n >= 1)
                 .and_then(|n| usize::try_from(n).ok())
                 .map(FanOut::new)

@@ -65,6 +65,7 @@
 //! - [`text`]: truncation helpers that respect character boundaries, and glob matching.
 //! - [`http`] (feature `http`): the outbound HTTP client, the send-classify-retry helper and the
 //!   guard for client-given endpoints, shared by HTTP pushkins.
+//! - [`lenient`]: reading config values as PyYAML (YAML 1.1) would have (`yes`, `"5000"`).
 //! - [`validate`]: what a valid notification is (the host refuses the rest; the SDK parses it).
 //! - [`abi`]: the binary interface itself, for the host.
 
@@ -73,6 +74,7 @@
 pub mod abi;
 mod fan_out;
 mod host_info;
+pub mod lenient;
 mod logging;
 mod metrics;
 pub mod notification;

@@ -139,8 +139,9 @@ impl PushkinContext {
         format!("apps.{}.{key}: {why}", self.app_id)
     }
 
-    /// The app's config section, deserialized. Errors name the app and the offending key;
-    /// keys `T` does not know are logged as warnings, as Sygnal does.
+    /// The app's config section, deserialized. Booleans and numbers are read as PyYAML would
+    /// (`yes`, `"5000"`: see [`lenient`](crate::lenient)). Errors name the app and the offending
+    /// key; keys `T` does not know are logged as warnings, as Sygnal does.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, String> {
         let value = serde_json::Value::Object(self.config.clone());
         let mut unknown = Vec::new();
@@ -198,7 +199,8 @@ fn serde_ignored_keys<T: DeserializeOwned>(
     unknown: &mut Vec<String>,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignoring = serde_ignored::Deserializer::new(value, &mut record);
+    let ignoring =
+        serde_ignored::Deserializer::new(crate::lenient::Lenient::new(value), &mut record);
     serde_path_to_error::deserialize(ignoring)
 }
 

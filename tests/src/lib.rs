@@ -7,7 +7,10 @@
 pub mod gateway;
 pub mod load;
 pub mod out_of_tree;
+pub mod prometheus;
 pub mod proxy;
+pub mod python;
+pub mod redis;
 pub mod serve;
 pub mod synapse;
 pub mod tls;

@@ -213,8 +213,8 @@ async fn payload_cases_as_apns_receives_them() {
 #[tokio::test]
 async fn priority_push_type_hex_conversion_and_badge_counts_follow_config() {
     let apns = FakeApns::start(false).await;
-    let extra =
-        "  push_type: voip\n  convert_device_token_to_hex: false\n  send_badge_counts: false\n";
+    // Written as for PyYAML (YAML 1.1 booleans, a quoted number): the SDK reads them leniently.
+    let extra = "  push_type: voip\n  convert_device_token_to_hex: no\n  send_badge_counts: Off\n  max_tries: '2'\n";
     let gw = gateway(&apns, &token_app(&apns, extra)).await;
     let raw_token = "ABCDEF0123456789";
 

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use sygnal_tests::gateway::Gateway;
 use sygnal_tests::out_of_tree::{cargo_build, workspace_root};
+use sygnal_tests::prometheus::promtool_check_metrics;
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -73,31 +74,6 @@ async fn libraries_built_with_panic_abort_are_refused() {
     assert!(line.contains(expected), "plugins: {line}");
 }
 
-/// Runs `promtool check metrics` over `text`; exit code 1 means unparseable (3 is lint only).
-fn promtool(text: &str) -> (i32, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (Debian package `prometheus`, installed by .ci/run)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), said)
-}
-
 #[tokio::test]
 async fn plugin_metrics_never_break_the_exposition() {
     let gw = Gateway::builder("com.example.app:\n  type: scripted\n")
@@ -106,7 +82,7 @@ async fn plugin_metrics_never_break_the_exposition() {
     let body = json!({"notification": {"devices": [{"app_id": "com.example.app", "pushkey": "metrics:1"}]}});
     assert_eq!(gw.notify(body).await, (200, json!({"rejected": []})));
     let text = gw.metrics().await;
-    let (code, said) = promtool(&text);
+    let (code, said) = promtool_check_metrics(&text);
     assert!(
         code == 0 || code == 3,
         "promtool refused /metrics ({code}): {said}\n{text}"

@@ -95,15 +95,23 @@ async fn the_guide_s_webhook_example_delivers_by_path_and_by_kind() {
             (410, (200, json!({"rejected": ["one", "two"]}))),
         ] {
             seen.lock().unwrap().1 = status;
-            let (code, answer) = gw.notify(body.clone()).await;
+            // A new event each time: the same one again would be answered as a duplicate.
+            let (code, answer) = gw.notify(with_event(&body, status)).await;
             let mut rejected: Vec<String> =
                 serde_json::from_value(answer["rejected"].clone()).unwrap();
             rejected.sort();
             assert_eq!((code, json!({"rejected": rejected})), expected, "{status}");
         }
         seen.lock().unwrap().1 = 400;
-        assert_eq!(gw.notify(body).await.0, 502);
+        assert_eq!(gw.notify(with_event(&body, 400)).await.0, 502);
     }
+}
+
+/// `body` for another event (`$e<n>`).
+fn with_event(body: &Value, n: u16) -> Value {
+    let mut body = body.clone();
+    body["notification"]["event_id"] = json!(format!("$e{n}"));
+    body
 }
 
 /// The `//!` example of plugin-api's lib.rs, built as its own crate with plugin-api as its one

@@ -188,15 +188,13 @@ impl RetrySettings {
         let key_error = |key: &str, why: &str| format!("apps.{}.{key}: {why}", ctx.app_id());
         let max_tries = match config.get("max_tries") {
             None | Some(serde_json::Value::Null) => defaults.max_tries,
-            Some(value) => value
-                .as_u64()
+            Some(value) => crate::lenient::as_u64(value)
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| key_error("max_tries", "must be a positive integer"))?,
         };
         let retry_delay_base = match config.get("retry_delay_base") {
             None | Some(serde_json::Value::Null) => defaults.retry_delay_base,
-            Some(value) => value
-                .as_f64()
+            Some(value) => crate::lenient::as_f64(value)
                 .ok_or_else(|| key_error("retry_delay_base", "must be a number of seconds"))?,
         };
         RetrySettings {

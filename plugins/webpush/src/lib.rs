@@ -114,8 +114,7 @@ impl Pushkin for WebPush {
             .ok_or_else(|| ctx.config_error("vapid_contact_email", "not set"))?;
         let ttl = match config.ttl {
             None => DEFAULT_TTL,
-            Some(value) => value
-                .as_u64()
+            Some(value) => sygnal_plugin_api::lenient::as_u64(&value)
                 .ok_or_else(|| ctx.config_error("ttl", "must be a whole number of seconds"))?,
         };
         if config.max_connections == 0 {

@@ -6,7 +6,6 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sygnal_tests::gateway::Gateway;
 
 #[tokio::test]
 async fn v1_request_shape_and_auth() {
