@@ -7,6 +7,7 @@ mod api;
 mod apps;
 mod config;
 mod dispatch;
+mod log_file;
 mod logging;
 mod metrics;
 mod notify;
@@ -310,7 +311,7 @@ async fn wait_for_signal() -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|err| err.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|err| err.to_string())?;
-    // SIGHUP's default action would kill the process; until live reload exists, ignore it.
+    // SIGHUP's default action would kill the process.
     let mut hup = signal(SignalKind::hangup()).map_err(|err| err.to_string())?;
     loop {
         tokio::select! {
@@ -322,7 +323,10 @@ async fn wait_for_signal() -> Result<(), String> {
                 tracing::info!("SIGINT received");
                 return Ok(());
             }
-            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not supported yet; ignored"),
+            _ = hup.recv() => {
+                log_file::reopen();
+                tracing::info!("SIGHUP received: log file reopened");
+            }
         }
     }
 }
