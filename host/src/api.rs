@@ -70,7 +70,7 @@ impl CoreMetrics {
                 .series(name, help, kind, labels)
                 .ok_or_else(|| format!("metric {name} registered with another type"))
         };
-        let by_code = [200u16, 400, 413, 500, 502]
+        let by_code = [200u16, 400, 408, 413, 500, 502]
             .into_iter()
             .map(|code| {
                 let labels = label("code", &code.to_string());
@@ -156,6 +156,15 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer to a body over [`MAX_BODY_BYTES`].
+pub fn payload_too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+        "request body too large",
+    )
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -208,10 +217,14 @@ async fn handle_notify(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             tracing::warn!("request body over {MAX_BODY_BYTES} bytes refused");
+            return payload_too_large();
+        }
+        Err(rejection) if crate::server::is_body_timeout(&rejection) => {
+            tracing::info!(reason = %rejection.body_text(), "request refused");
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "M_TOO_LARGE",
-                "request body too large",
+                StatusCode::REQUEST_TIMEOUT,
+                "M_UNKNOWN",
+                "request body too slow",
             );
         }
         Err(rejection) => {

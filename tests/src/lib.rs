@@ -5,6 +5,7 @@
 //! runs it first): the binary and the cdylibs land in the same target directory as the tests.
 
 pub mod gateway;
+pub mod process;
 pub mod proxy;
 pub mod serve;
 pub mod tls;
