@@ -4,6 +4,7 @@ use crate::apps::AppTable;
 use crate::dispatch::{dispatch, Failure};
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
+use crate::server::BodyRefused;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -70,7 +71,7 @@ impl CoreMetrics {
                 .series(name, help, kind, labels)
                 .ok_or_else(|| format!("metric {name} registered with another type"))
         };
-        let by_code = [200u16, 400, 408, 413, 500, 502]
+        let by_code = [200u16, 400, 408, 413, 500, 502, 503]
             .into_iter()
             .map(|code| {
                 let labels = label("code", &code.to_string());
@@ -208,6 +209,21 @@ async fn notify(
     response
 }
 
+/// The answer to a body that could not be read: too slow (408), no memory for it now (503),
+/// or what axum found wrong.
+fn unreadable_body(rejection: &BytesRejection) -> Response {
+    let (status, reason) = match crate::server::refusal(rejection) {
+        Some(BodyRefused::Timeout) => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+        Some(BodyRefused::Memory) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies being received; retry later",
+        ),
+        None => return error(rejection.status(), "M_UNKNOWN", &rejection.body_text()),
+    };
+    tracing::info!(%reason, "request body refused");
+    error(status, "M_UNKNOWN", reason)
+}
+
 async fn handle_notify(
     state: &AppState,
     request_id: &str,
@@ -219,17 +235,7 @@ async fn handle_notify(
             tracing::warn!("request body over {MAX_BODY_BYTES} bytes refused");
             return payload_too_large();
         }
-        Err(rejection) if crate::server::is_body_timeout(&rejection) => {
-            tracing::info!(reason = %rejection.body_text(), "request refused");
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "M_UNKNOWN",
-                "request body too slow",
-            );
-        }
-        Err(rejection) => {
-            return error(rejection.status(), "M_UNKNOWN", &rejection.body_text());
-        }
+        Err(rejection) => return unreadable_body(&rejection),
     };
     state.metrics.received.inc();
     let parsed = match parse(&body) {

@@ -71,6 +71,9 @@ pub struct HttpConfig {
     pub idle_timeout: f64,
     /// Added: open client connections beyond which new ones are refused.
     pub max_connections: usize,
+    /// Added: bytes that request bodies being received may take together, beyond the first
+    /// 64 KiB of each.
+    pub body_buffer_bytes: usize,
     /// Added: seconds a new process started by SIGUSR2 gets to become ready.
     pub upgrade_timeout: f64,
 }
@@ -87,6 +90,7 @@ impl Default for HttpConfig {
             // first and never sends a push on a connection being closed.
             idle_timeout: 180.0,
             max_connections: 2048,
+            body_buffer_bytes: 64 * 1024 * 1024,
             upgrade_timeout: 60.0,
         }
     }
@@ -433,6 +437,27 @@ apps:
         let err =
             parse("http:\n  bind_addresses: ['nowhere']\napps:\n  a:\n    type: x\n").unwrap_err();
         assert!(err.starts_with("http.bind_addresses.0:"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let with = |http: &str| parse(&format!("http:\n{http}\napps:\n  a:\n    type: x\n"));
+        let loaded = with("  header_timeout: 2.5\n  max_connections: 7").unwrap();
+        assert_eq!(loaded.config.http.header_timeout, 2.5);
+        assert_eq!(loaded.config.http.max_connections, 7);
+        assert_eq!(loaded.config.http.idle_timeout, 180.0);
+        for (http, key) in [
+            ("  header_timeout: 0", "http.header_timeout:"),
+            ("  body_timeout: -1", "http.body_timeout:"),
+            ("  idle_timeout: .inf", "http.idle_timeout:"),
+            ("  upgrade_timeout: 1e300", "http.upgrade_timeout:"),
+            ("  shutdown_timeout: 1e300", "http.shutdown_timeout:"),
+            ("  max_connections: 0", "http.max_connections:"),
+            ("  body_buffer_bytes: -5", "http.body_buffer_bytes:"),
+        ] {
+            let err = with(http).unwrap_err();
+            assert!(err.starts_with(key), "{http}: {err}");
+        }
     }
 
     #[test]

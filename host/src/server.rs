@@ -14,8 +14,12 @@
 //! - `Expect: 100-continue` with an announced length over the body limit is answered 413
 //!   before any of the body is read.
 //!
-//! Memory is bounded by these limits: a connection holds at most one body (512 KiB) in
-//! memory, for at most `body_timeout`.
+//! - `http.body_buffer_bytes`: bodies being received may take this much memory together
+//!   beyond the first 64 KiB of each; a body that would exceed it is answered 503.
+//!
+//! Memory is bounded by these limits: however many uploads stall, they hold at most
+//! `max_connections` x (64 KiB read buffer + 64 KiB of body) plus `body_buffer_bytes`, each for
+//! at most `body_timeout`.
 //!
 //! Stopping ([`Server::shutdown`]) closes the listeners, answers requests already being
 //! handled (HTTP/1.1 responses then carry `Connection: close`; HTTP/2 gets GOAWAY), gives idle
@@ -23,6 +27,7 @@
 //! receiving their body after that linger: the drain waits for requests being handled, never
 //! for slow senders.
 
+mod body;
 mod connection;
 
 use crate::config::HttpConfig;
@@ -37,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
-pub use connection::is_body_timeout;
+pub use body::{refusal, BodyRefused};
 
 /// The limits one server enforces.
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Bodies announced larger than this with `Expect: 100-continue` are refused unread.
     pub max_body_bytes: usize,
+    /// See the module documentation.
+    pub body_buffer_bytes: usize,
 }
 
 impl Limits {
@@ -77,6 +84,7 @@ impl Limits {
             idle_timeout: Duration::from_secs_f64(http.idle_timeout),
             max_connections,
             max_body_bytes,
+            body_buffer_bytes: http.body_buffer_bytes,
         }
     }
 }
@@ -92,6 +100,7 @@ struct Shared {
     all_closed: Notify,
     /// Becomes true when the server stops: listeners close, connections drain.
     stopping: watch::Sender<bool>,
+    body_budget: Arc<body::BodyBudget>,
     metrics: ServerMetrics,
 }
 
@@ -100,6 +109,7 @@ struct ServerMetrics {
     refused: Arc<Series>,
     timeouts_header: Arc<Series>,
     timeouts_body: Arc<Series>,
+    refused_bodies: Arc<Series>,
 }
 
 impl ServerMetrics {
@@ -133,6 +143,12 @@ impl ServerMetrics {
             ),
             timeouts_header: timeouts("header"),
             timeouts_body: timeouts("body"),
+            refused_bodies: series(
+                "sygnal_http_refused_bodies",
+                "Request bodies refused because http.body_buffer_bytes were taken",
+                Kind::Counter,
+                listener.clone(),
+            ),
         }
     }
 }
@@ -150,14 +166,18 @@ impl Server {
         router: Router,
         limits: Limits,
     ) -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().max_buf_size(READ_BUFFER_BYTES);
+        let body_budget = Arc::new(body::BodyBudget::new(limits.body_buffer_bytes));
         let shared = Arc::new(Shared {
             name,
             limits,
             router,
-            builder: auto::Builder::new(TokioExecutor::new()),
+            builder,
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
             stopping: watch::Sender::new(false),
+            body_budget,
             metrics: ServerMetrics::new(name),
         });
         for listener in listeners {
@@ -218,6 +238,11 @@ impl Drop for OpenConnection {
         }
     }
 }
+
+/// The most an HTTP/1.1 connection reads ahead (hyper's default is about 400 KiB). Bodies
+/// are at most 512 KiB and usually a few KiB: smaller reads keep what a connection holds close
+/// to what its client actually sent. Headers must fit in it too.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What a client over the connection limit reads before the connection closes.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\r\n{\"errcode\":\"M_UNKNOWN\",\"error\":\"too many open connections\"}";

@@ -496,3 +496,108 @@ async fn out_of_descriptors_accept_backs_off_logs_once_and_recovers() {
     let head = read_head(&mut fresh, Duration::from_secs(15)).await;
     assert!(head.expect("served again").starts_with("HTTP/1.1 200"));
 }
+
+/// A body that sends its first bytes, then nothing more, ever.
+struct StalledBody(Option<hyper::body::Bytes>);
+
+impl hyper::body::Body for StalledBody {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.take() {
+            Some(bytes) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_http2_stream_is_answered_408_while_the_connection_serves_others() {
+    let gw = gateway("  body_timeout: 1\n").await;
+    let io = hyper_util::rt::TokioIo::new(connect(gw.port).await);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let stalled = http::Request::post(format!("{}/_matrix/push/v1/notify", gw.url()))
+        .header("content-type", "application/json")
+        .header("content-length", "500000")
+        .body(StalledBody(Some(hyper::body::Bytes::from_static(
+            b"{\"notif",
+        ))))
+        .expect("request");
+    let started = Instant::now();
+    let stalled = sender.send_request(stalled);
+    // The same connection keeps serving other streams meanwhile.
+    let mut other = sender.clone();
+    // (/health does not read its request body, so this one needs none.)
+    let health = http::Request::get(format!("{}/health", gw.url()))
+        .body(StalledBody(None))
+        .expect("request");
+    let health = other.send_request(health).await.expect("health on h2");
+    assert_eq!(health.status(), 200);
+    let answer = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("answered within 10 s")
+        .expect("a response");
+    assert_eq!(answer.status(), 408);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// The head of a /notify POST announcing `length` bytes.
+fn notify_head(length: usize) -> String {
+    format!(
+        "POST /_matrix/push/v1/notify HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn bodies_beyond_the_memory_budget_get_503_while_small_ones_pass() {
+    // A body's first 64 KiB are free; beyond that, 100 kB are shared by all bodies arriving.
+    let gw = gateway("  body_buffer_bytes: 100000\n  body_timeout: 60\n").await;
+    let sent = 64 * 1024 + 80_000;
+    let mut uploads = Vec::new();
+    for _ in 0..2 {
+        let mut upload = connect(gw.port).await;
+        assert!(send(&mut upload, notify_head(200_000).as_bytes()).await);
+        assert!(send(&mut upload, &vec![b' '; sent]).await);
+        uploads.push(upload);
+    }
+    // Both stall; only one fits in the budget: the other is refused at once.
+    let mut refused = 0;
+    for upload in &mut uploads {
+        if let Some(head) = read_head(upload, Duration::from_secs(5)).await {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1);
+    // Small bodies do not need the budget.
+    assert_eq!(
+        gw.notify(serde_json::from_slice(&notify_body("ok")).unwrap())
+            .await
+            .0,
+        200
+    );
+    // The stalled upload gone, its share comes back for a large body.
+    uploads.clear();
+    let mut body = notify_body("ok");
+    body.resize(sent, b' ');
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = gw.post_raw("/_matrix/push/v1/notify", body.clone()).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the budget did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = metric(&gw, "sygnal_http_refused_bodies_total{listener=\"api\"}").await;
+    assert!(refused >= 1.0);
+}

@@ -2,20 +2,21 @@
 //! header, body and idle timeouts and drained when the server stops.
 //!
 //! The request path stays lean: per request, a few relaxed atomic operations on this
-//! connection's own counters and no allocation; a body that is not complete on arrival gets a
-//! timer. The watchdog (timeouts, drain) runs in the connection's task and reads the counters
-//! after each poll of the connection, reading the clock only when they changed.
+//! connection's own counters, no allocation, no timer. The watchdog (timeouts, drain) runs in
+//! the connection's task with one timer, reads the counters after each poll of the connection
+//! and reads the clock only when they changed.
 
+use super::body::{BodyBudget, TimedBody};
 use super::{OpenConnection, Shared};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use futures_util::future::Either;
-use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+use futures_util::task::AtomicWaker;
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
 use hyper::{Request, Version};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::{poll_fn, Future, Ready};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -24,7 +25,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// How long a stopping server keeps an idle HTTP/1.1 connection open for a request already on
 /// its way (answered with `Connection: close`), and how long a request still receiving its body
@@ -34,16 +35,23 @@ const DRAIN_LINGER: Duration = Duration::from_secs(1);
 const HEADER_TIMEOUT: &str = "request head not received within http.header_timeout";
 
 /// What the request path tells the watchdog. Only this connection's tasks touch it.
-#[derive(Default)]
-struct ConnState {
+pub(super) struct ConnState {
+    /// The server's budget for bodies being received.
+    pub(super) budget: Arc<BodyBudget>,
     /// Requests being handled (service called, response not yet produced).
     active: AtomicUsize,
     /// Requests answered so far.
     completed: AtomicUsize,
     /// Request bodies not yet received whole.
-    receiving: AtomicUsize,
+    pub(super) receiving: AtomicUsize,
     /// Request bodies that missed `http.body_timeout`.
-    bodies_timed_out: AtomicUsize,
+    pub(super) bodies_timed_out: AtomicUsize,
+    /// Request bodies refused for lack of `http.body_buffer_bytes`.
+    pub(super) bodies_refused: AtomicUsize,
+    /// HTTP/1.1: the body being received is past its deadline (set by the watchdog)...
+    pub(super) body_expired: AtomicBool,
+    /// ...which then wakes it with this.
+    pub(super) body_waker: AtomicWaker,
     /// Bytes arrived while no request was active: the head of the next HTTP/1.1 request.
     head_started: AtomicBool,
     /// The connection speaks HTTP/2.
@@ -57,7 +65,19 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>, _open: OpenCon
     let accepted_at = Instant::now();
     // Responses are written whole; don't let Nagle hold back their last segment.
     let _ = stream.set_nodelay(true);
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState {
+        budget: Arc::clone(&shared.body_budget),
+        active: AtomicUsize::new(0),
+        completed: AtomicUsize::new(0),
+        receiving: AtomicUsize::new(0),
+        bodies_timed_out: AtomicUsize::new(0),
+        bodies_refused: AtomicUsize::new(0),
+        body_expired: AtomicBool::new(false),
+        body_waker: AtomicWaker::new(),
+        head_started: AtomicBool::new(false),
+        http2: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+    });
     let io = TokioIo::new(WatchedIo {
         stream,
         state: Arc::clone(&state),
@@ -112,14 +132,24 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>, _open: OpenCon
                 conn.as_mut().graceful_shutdown();
                 watchdog.shutdown_at = Some(now);
             }
+            Some((deadline, Action::ExpireBody)) if deadline <= now => {
+                // The handler reading the body gets BodyTimeout when polled next.
+                state.body_expired.store(true, Relaxed);
+                state.body_waker.wake();
+            }
             Some((deadline, _)) => timer.as_mut().reset(deadline.min(now + tick)),
             None => timer.as_mut().reset(now + tick),
         }
     })
     .await;
-    let bodies_timed_out = state.bodies_timed_out.load(Relaxed);
-    if bodies_timed_out > 0 {
-        shared.metrics.timeouts_body.add(bodies_timed_out as f64);
+    for (count, series) in [
+        (&state.bodies_timed_out, &shared.metrics.timeouts_body),
+        (&state.bodies_refused, &shared.metrics.refused_bodies),
+    ] {
+        let count = count.load(Relaxed);
+        if count > 0 {
+            series.add(count as f64);
+        }
     }
     if let Some(reason) = outcome {
         tracing::debug!(listener = shared.name, %reason, "connection ended");
@@ -133,6 +163,8 @@ enum Action {
     Close(&'static str),
     /// Ask hyper to finish what is in progress and close (HTTP/2: GOAWAY).
     Shutdown,
+    /// Fail the HTTP/1.1 request body being received (`http.body_timeout`).
+    ExpireBody,
 }
 
 /// The connection's deadlines, derived from its [`ConnState`].
@@ -142,6 +174,8 @@ struct Watchdog {
     idle_since: Instant,
     /// When the head of the next request began to arrive, if it has.
     head_since: Option<Instant>,
+    /// HTTP/1.1: since when a request body has been arriving, if one is.
+    body_since: Option<Instant>,
     /// `ConnState::completed` when last looked at.
     completed: usize,
     busy: bool,
@@ -155,6 +189,7 @@ impl Watchdog {
             accepted_at,
             idle_since: accepted_at,
             head_since: None,
+            body_since: None,
             completed: 0,
             busy: false,
             drain_started: None,
@@ -174,13 +209,16 @@ impl Watchdog {
             self.idle_since = Instant::now();
             self.head_since = None;
         }
+        let http2 = state.http2.load(Relaxed);
         // HTTP/2 sends frames (PING, SETTINGS) between requests: only idleness counts there.
-        if !busy
-            && !state.http2.load(Relaxed)
-            && self.head_since.is_none()
-            && state.head_started.load(Relaxed)
-        {
+        if !busy && !http2 && self.head_since.is_none() && state.head_started.load(Relaxed) {
             self.head_since = Some(Instant::now());
+        }
+        let receiving = state.receiving.load(Relaxed) > 0;
+        if !receiving {
+            self.body_since = None;
+        } else if self.body_since.is_none() && !http2 {
+            self.body_since = Some(Instant::now());
         }
 
         let mut next: Option<(Instant, Action)> = None;
@@ -189,6 +227,11 @@ impl Watchdog {
                 next = Some((deadline, action));
             }
         };
+        if let Some(since) = self.body_since {
+            if !state.body_expired.load(Relaxed) {
+                consider(since + limits.body_timeout, Action::ExpireBody);
+            }
+        }
         match (self.drain_started, self.shutdown_at) {
             (Some(drain), shutdown) => {
                 // After the linger only requests being handled keep the connection open (the
@@ -197,7 +240,7 @@ impl Watchdog {
                 let linger_end = drain + DRAIN_LINGER;
                 if !busy {
                     consider(linger_end, Action::Close("idle at shutdown"));
-                } else if state.receiving.load(Relaxed) > 0 {
+                } else if receiving {
                     consider(linger_end, Action::Close("body still arriving at shutdown"));
                 } else if shutdown.is_none() {
                     consider(linger_end, Action::Shutdown);
@@ -314,7 +357,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             };
         }
         let body_timeout = self.shared.limits.body_timeout;
-        let request = request.map(|body| TimedBody::new(body, &self.state, body_timeout));
+        let request = request.map(|body| TimedBody::new(body, &self.state, body_timeout, !http1));
         let mut router = self.router.clone();
         let future = tower_service::Service::call(&mut router, request);
         Tracked {
@@ -379,113 +422,5 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Tracked<F> {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         Poll::Ready(Ok(response))
-    }
-}
-
-/// The error a request body fails with when it does not arrive within `http.body_timeout`.
-#[derive(Debug)]
-pub struct BodyTimeout(Duration);
-
-impl std::fmt::Display for BodyTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "request body not received within http.body_timeout ({} s)",
-            self.0.as_secs_f64()
-        )
-    }
-}
-
-impl StdError for BodyTimeout {}
-
-/// Whether `err` (or what caused it) is a [`BodyTimeout`].
-pub fn is_body_timeout(err: &(dyn StdError + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if err.is::<BodyTimeout>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-/// Counts a body as still arriving until it ends or is dropped.
-struct Receiving(Arc<ConnState>);
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        self.0.receiving.fetch_sub(1, Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request body that fails with [`BodyTimeout`] unless it ends by its deadline. The timer
-    /// is only created if the body is not already complete when first read.
-    pub struct TimedBody {
-        #[pin]
-        inner: Incoming,
-        deadline: Option<Instant>,
-        timer: Option<Pin<Box<Sleep>>>,
-        receiving: Option<Receiving>,
-        timeout: Duration,
-    }
-}
-
-impl TimedBody {
-    fn new(inner: Incoming, state: &Arc<ConnState>, timeout: Duration) -> TimedBody {
-        let complete = inner.is_end_stream();
-        let receiving = (!complete).then(|| {
-            state.receiving.fetch_add(1, Relaxed);
-            Receiving(Arc::clone(state))
-        });
-        TimedBody {
-            inner,
-            deadline: (!complete).then(|| Instant::now() + timeout),
-            timer: None,
-            receiving,
-            timeout,
-        }
-    }
-}
-
-impl HttpBody for TimedBody {
-    type Data = Bytes;
-    type Error = Box<dyn StdError + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if frame.is_none() || this.inner.is_end_stream() {
-                    *this.receiving = None;
-                }
-                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let Some(deadline) = *this.deadline else {
-                    return Poll::Pending;
-                };
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                ready!(timer.as_mut().poll(cx));
-                if let Some(receiving) = this.receiving.take() {
-                    receiving.0.bodies_timed_out.fetch_add(1, Relaxed);
-                }
-                Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.timeout)))))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
