@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Bodies over this are refused with 413.
@@ -30,6 +30,8 @@ pub struct AppState {
     metrics: CoreMetrics,
     request_ids: AtomicU64,
     instance: u32,
+    /// `http.notify_timeout`: the bound on one whole dispatch.
+    notify_timeout: Duration,
 }
 
 impl AppState {
@@ -44,7 +46,14 @@ impl AppState {
             metrics: CoreMetrics::new()?,
             request_ids: AtomicU64::new(0),
             instance: nanos ^ std::process::id().rotate_left(16),
+            notify_timeout: Duration::from_secs_f64(crate::config::DEFAULT_NOTIFY_TIMEOUT),
         })
+    }
+
+    /// Bounds each /notify's dispatch by `timeout` (`http.notify_timeout`).
+    pub fn with_notify_timeout(mut self, timeout: Duration) -> Self {
+        self.notify_timeout = timeout;
+        self
     }
 
     fn next_request_id(&self) -> String {
@@ -202,7 +211,7 @@ async fn notify(
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let request_id = state.next_request_id();
     let span = tracing::info_span!("notify", request_id = %request_id);
-    let response = handle_notify(&state, &request_id, body)
+    let response = handle_notify(&state, &request_id, body, started + state.notify_timeout)
         .instrument(span)
         .await;
     state.metrics.finish(response.status().as_u16(), started);
@@ -228,6 +237,7 @@ async fn handle_notify(
     state: &AppState,
     request_id: &str,
     body: Result<Bytes, BytesRejection>,
+    deadline: Instant,
 ) -> Response {
     let body = match body {
         Ok(body) => body,
@@ -253,8 +263,7 @@ async fn handle_notify(
         .metrics
         .devices_received
         .add(parsed.devices.len() as f64);
-    let table = state.apps.load_full();
-    match dispatch(&table, request_id, &parsed).await {
+    match dispatch(state.apps.load_full(), request_id, &parsed, deadline).await {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),

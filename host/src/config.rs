@@ -76,7 +76,16 @@ pub struct HttpConfig {
     pub body_buffer_bytes: usize,
     /// Added: seconds a new process started by SIGUSR2 gets to become ready.
     pub upgrade_timeout: f64,
+    /// Added: seconds one /notify may take to dispatch, waiting for connection slots and
+    /// retries included; past it the work is cancelled and the answer is 502.
+    pub notify_timeout: f64,
 }
+
+/// Synapse waits 60 s for a push gateway's response headers, then logs a failure and retries
+/// later; an answer after that is lost. 50 s answers before it, with room for the network and
+/// the body, and still fits the default retry schedule of the HTTP pushkins (tries at 0, 10 and
+/// 30 s).
+pub const DEFAULT_NOTIFY_TIMEOUT: f64 = 50.0;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl Default for HttpConfig {
             max_connections: 2048,
             body_buffer_bytes: 64 * 1024 * 1024,
             upgrade_timeout: 60.0,
+            notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
         }
     }
 }
@@ -131,13 +141,33 @@ impl Default for PrometheusConfig {
 }
 
 /// `plugins` (added).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct PluginsConfig {
-    /// Directories searched for plugin libraries after the executable's own directory.
+    /// Directories searched for plugin libraries after the executable's own directory
+    /// (relative ones against the config file's directory).
     pub dirs: Vec<PathBuf>,
     /// Worker threads for each plugin library's runtime (default: half the cores, at least 1).
     pub worker_threads: Option<usize>,
+    /// Where the private copies of loaded libraries go (see `snapshot.rs` for the default).
+    pub snapshot_dir: Option<PathBuf>,
+    /// Distinct library builds a process may load over its life (none is ever unloaded);
+    /// a reload that needs more fails and asks for a restart.
+    pub max_loaded_libraries: usize,
+}
+
+/// Default of `plugins.max_loaded_libraries`.
+pub const DEFAULT_MAX_LOADED_LIBRARIES: usize = 16;
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dirs: Vec::new(),
+            worker_threads: None,
+            snapshot_dir: None,
+            max_loaded_libraries: DEFAULT_MAX_LOADED_LIBRARIES,
+        }
+    }
 }
 
 /// One app, as the host needs it.
@@ -165,6 +195,11 @@ pub struct Loaded {
     pub apps: Vec<AppConfig>,
     /// Things worth a warning (unknown keys, unsupported sections), logged once logging is up.
     pub warnings: Vec<String>,
+    /// The file as parsed, before defaults: what a reload compares section by section.
+    pub raw: serde_yaml::Value,
+    /// The config file's directory: relative library paths (`type`, `plugins.dirs`,
+    /// `plugins.snapshot_dir`) are resolved against it.
+    pub base_dir: PathBuf,
 }
 
 /// Which file to read: `--config PATH`, else `SYGNAL_CONF`, else `./sygnal.yaml`.
@@ -178,7 +213,20 @@ pub fn config_path(cli_path: Option<PathBuf>) -> PathBuf {
 pub fn load(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
-    parse(&text)
+    let mut loaded = parse(&text)?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let plugins = &mut loaded.config.plugins;
+    for dir in &mut plugins.dirs {
+        *dir = base_dir.join(&*dir);
+    }
+    if let Some(dir) = &mut plugins.snapshot_dir {
+        *dir = base_dir.join(&*dir);
+    }
+    loaded.base_dir = base_dir;
+    Ok(loaded)
 }
 
 /// Parses and validates config text.
@@ -193,19 +241,23 @@ pub fn parse(text: &str) -> Result<Loaded, String> {
     let mut record = |path: serde_ignored::Path<'_>| {
         warnings.push(format!("unknown config key `{path}` ignored"));
     };
-    let config: Config =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record))
-            .map_err(|err| {
-                let key = err.path().to_string();
-                let key = if key == "." { "config".to_owned() } else { key };
-                format!("{key}: {}", err.inner())
-            })?;
+    let config: Config = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        value.clone(),
+        &mut record,
+    ))
+    .map_err(|err| {
+        let key = err.path().to_string();
+        let key = if key == "." { "config".to_owned() } else { key };
+        format!("{key}: {}", err.inner())
+    })?;
     validate(&config, &mut warnings)?;
     let apps = apps(&config)?;
     Ok(Loaded {
         config,
         apps,
         warnings,
+        raw: value,
+        base_dir: PathBuf::from("."),
     })
 }
 
@@ -242,6 +294,12 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
     if config.http.max_connections == 0 {
         return Err("http.max_connections: must be at least 1".to_owned());
     }
+    let notify_timeout = config.http.notify_timeout;
+    if !notify_timeout.is_finite() || notify_timeout <= 0.0 || notify_timeout > 86_400.0 {
+        return Err(
+            "http.notify_timeout: must be a positive number of seconds (at most 86400)".to_owned(),
+        );
+    }
     if config.metrics.prometheus.enabled {
         config
             .metrics
@@ -277,6 +335,9 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
     }
     if config.plugins.worker_threads == Some(0) {
         return Err("plugins.worker_threads: must be at least 1".to_owned());
+    }
+    if config.plugins.max_loaded_libraries == 0 {
+        return Err("plugins.max_loaded_libraries: must be at least 1".to_owned());
     }
     if let Some(proxy) = &config.proxy {
         if !proxy.starts_with("http://") && !proxy.starts_with("https://") {
@@ -414,6 +475,7 @@ apps:
         let loaded = parse(SYGNAL_SAMPLE).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert_eq!(loaded.config.http.port, 5000);
+        assert_eq!(loaded.config.http.notify_timeout, DEFAULT_NOTIFY_TIMEOUT);
         assert!(loaded.config.metrics.prometheus.enabled);
         assert_eq!(loaded.apps.len(), 2);
         let android = &loaded.apps[0];
@@ -437,6 +499,15 @@ apps:
         let err =
             parse("http:\n  bind_addresses: ['nowhere']\napps:\n  a:\n    type: x\n").unwrap_err();
         assert!(err.starts_with("http.bind_addresses.0:"), "{err}");
+        for bad in ["0", "-1", ".nan", "x"] {
+            let err = parse(&format!(
+                "http:\n  notify_timeout: {bad}\napps:\n  a:\n    type: x\n"
+            ))
+            .unwrap_err();
+            assert!(err.starts_with("http.notify_timeout:"), "{bad}: {err}");
+        }
+        let loaded = parse("http:\n  notify_timeout: 2.5\napps:\n  a:\n    type: x\n").unwrap();
+        assert_eq!(loaded.config.http.notify_timeout, 2.5);
     }
 
     #[test]
@@ -480,6 +551,29 @@ apps:
                 "unknown config key `http.colour` ignored"
             ]
         );
+    }
+
+    #[test]
+    fn relative_plugin_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sygnal.yaml");
+        std::fs::write(
+            &path,
+            "plugins:\n  dirs: [lib, /opt/plugins]\n  snapshot_dir: snapshots\napps:\n  a:\n    type: x\n",
+        )
+        .unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.base_dir, dir.path());
+        let plugins = &loaded.config.plugins;
+        assert_eq!(
+            plugins.dirs,
+            vec![dir.path().join("lib"), PathBuf::from("/opt/plugins")]
+        );
+        assert_eq!(plugins.snapshot_dir, Some(dir.path().join("snapshots")));
+        assert_eq!(plugins.max_loaded_libraries, DEFAULT_MAX_LOADED_LIBRARIES);
+        let err =
+            parse("plugins:\n  max_loaded_libraries: 0\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("plugins.max_loaded_libraries:"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::notify::ParsedNotify;
 use abi_stable::std_types::{RResult, RStr};
 use futures_util::future::join_all;
 use std::sync::Arc;
+use std::time::Instant;
 use sygnal_plugin_api::abi::PushErrorKind;
 
 /// Why a notification could not be delivered; decides the HTTP status.
@@ -24,10 +25,17 @@ struct Batch {
 
 /// Routes the devices, dispatches each app's batch concurrently and joins the outcomes: the
 /// rejected pushkeys (unroutable ones included), or the worst failure.
+///
+/// Whatever is still running at `deadline` is cancelled (dropping a plugin's future aborts its
+/// task, retries and connection waits included) and the notification fails.
+///
+/// The table is let go of once the devices are routed: after a reload, a replaced pushkin is
+/// closed as soon as the requests using it end, not those using other apps.
 pub async fn dispatch(
-    table: &AppTable,
+    table: Arc<AppTable>,
     request_id: &str,
     parsed: &ParsedNotify<'_>,
+    deadline: Instant,
 ) -> Result<Vec<String>, Failure> {
     let mut rejected = Vec::new();
     // Notifications from Synapse carry one device: a Vec beats a map here.
@@ -62,9 +70,12 @@ pub async fn dispatch(
         }
     }
 
+    drop(table);
+
     let mut failure = None;
     let notification_json = parsed.notification.get();
     let mut pending = Vec::with_capacity(batches.len());
+    let mut dispatched = Vec::with_capacity(batches.len());
     for batch in batches {
         let Some(slot) = batch.app.try_acquire() else {
             batch.app.inflight_drops.inc();
@@ -78,6 +89,7 @@ pub async fn dispatch(
             RStr::from_str(&batch.devices_json),
         );
         let app = batch.app;
+        dispatched.push(Arc::clone(&app));
         pending.push(async move {
             let outcome = future.await;
             drop(slot);
@@ -85,7 +97,18 @@ pub async fn dispatch(
         });
     }
 
-    for (app, outcome) in join_all(pending).await {
+    let outcomes = match tokio::time::timeout_at(deadline.into(), join_all(pending)).await {
+        Ok(outcomes) => outcomes,
+        Err(_) => {
+            let apps: Vec<&str> = dispatched.iter().map(|app| app.id.as_str()).collect();
+            tracing::warn!(
+                ?apps,
+                "notify deadline (http.notify_timeout) passed: dispatch cancelled"
+            );
+            return Err(Failure::Dispatch);
+        }
+    };
+    for (app, outcome) in outcomes {
         match outcome {
             RResult::ROk(keys) => rejected.extend(keys.into_iter().map(String::from)),
             RResult::RErr(err) => {

@@ -10,6 +10,7 @@ use crate::api::{self, AppState};
 use crate::apps::AppTable;
 use crate::config::Config;
 use crate::listeners::{self, HandoverSockets, Inherited, Origin};
+use crate::reload::Reloader;
 use crate::server::{Limits, Server};
 use crate::upgrade::{self, Upgrade};
 use crate::{log_file, sys, systemd};
@@ -42,11 +43,15 @@ impl Startup {
     }
 }
 
-/// Serves until a signal stops the process.
-pub async fn run(config: Config, table: AppTable, startup: Startup) -> Result<(), String> {
+/// Serves `state` until a signal stops the process; `reloader` reloads on SIGHUP.
+pub async fn run(
+    config: Config,
+    state: Arc<AppState>,
+    reloader: Arc<Reloader>,
+    startup: Startup,
+) -> Result<(), String> {
     // First: the default action of SIGHUP and SIGUSR2 would end the process.
     let mut signals = Signals::new()?;
-    let state = Arc::new(AppState::new(table)?);
     let upgraded = startup.inherited.origin() == Some(Origin::Upgrade);
     let listeners = listeners::open(&config, startup.inherited).await?;
     let limits = Limits::new(
@@ -59,6 +64,7 @@ pub async fn run(config: Config, table: AppTable, startup: Startup) -> Result<()
 
     let handed_over = serve_until_stopped(
         &mut signals,
+        &reloader,
         &listeners.handover,
         &startup.executable,
         &config,
@@ -90,12 +96,12 @@ pub async fn run(config: Config, table: AppTable, startup: Startup) -> Result<()
 }
 
 /// SIGHUP: the one place a reload happens. Reopens the log file (logrotate's `postrotate`
-/// may send it) and reloads the configuration.
-fn on_sighup() {
+/// may send it) and reloads the configuration (a failed reload changes nothing, and says so).
+async fn on_sighup(reloader: &Arc<Reloader>) {
     systemd::reloading();
     log_file::reopen();
     tracing::info!("SIGHUP received: log file reopened");
-    // The configuration reload goes here, between RELOADING=1 and READY=1.
+    drop(reloader.reload().await);
     systemd::ready();
 }
 
@@ -103,6 +109,7 @@ fn on_sighup() {
 /// by SIGUSR2 is ready (`Some(its pid)`).
 async fn serve_until_stopped(
     signals: &mut Signals,
+    reloader: &Arc<Reloader>,
     sockets: &HandoverSockets,
     executable: &Path,
     config: &Config,
@@ -111,7 +118,7 @@ async fn serve_until_stopped(
     loop {
         tokio::select! {
             received = signals.next() => match received {
-                Received::Hangup => on_sighup(),
+                Received::Hangup => on_sighup(reloader).await,
                 Received::UserDefined2 => match &pending {
                     Some(upgrade) => tracing::warn!(
                         pid = upgrade.pid(),

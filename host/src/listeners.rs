@@ -154,10 +154,20 @@ impl HandoverSockets {
     }
 }
 
-/// Opens the listeners: inherited sockets first (the config's addresses then only matter for
-/// what was not inherited), else the config's `http` and `metrics.prometheus` addresses.
+/// Opens the listeners. Sockets from systemd are used as they are (the unit decides where the
+/// gateway listens). Sockets from the previous process are kept where the config still names
+/// their address, and closed otherwise (a binary upgrade is how a new `http.port` or
+/// `metrics.prometheus.port` takes effect). Addresses the config names that no inherited socket
+/// covers are bound.
 pub async fn open(config: &Config, inherited: Inherited) -> Result<Listeners, String> {
     let prometheus = &config.metrics.prometheus;
+    let wanted_api = addresses(&config.http.bind_addresses, config.http.port)?;
+    let wanted_metrics = match prometheus.enabled {
+        true => addresses(std::slice::from_ref(&prometheus.address), prometheus.port)
+            .map_err(|err| format!("metrics.prometheus: {err}"))?,
+        false => Vec::new(),
+    };
+    let upgraded = inherited.origin == Some(Origin::Upgrade);
     let mut api = Vec::new();
     let mut metrics = None;
     for (name, fd) in inherited.sockets {
@@ -173,6 +183,14 @@ pub async fn open(config: &Config, inherited: Inherited) -> Result<Listeners, St
             _ if prometheus.enabled && local.port() == prometheus.port => Role::Metrics,
             _ => Role::Api,
         };
+        let wanted = match role {
+            Role::Api => wanted_api.contains(&local),
+            Role::Metrics => wanted_metrics.contains(&local),
+        };
+        if upgraded && !wanted {
+            tracing::info!(address = %local, "no longer listening here: the config does not name this address any more");
+            continue;
+        }
         let listener = to_tokio(listener)?;
         match role {
             Role::Metrics if !prometheus.enabled => {
@@ -195,16 +213,31 @@ pub async fn open(config: &Config, inherited: Inherited) -> Result<Listeners, St
             .chain(metrics.iter())
             .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
             .collect();
-        tracing::info!(from, sockets = %addresses.join(" "), "using inherited sockets; http.bind_addresses and http.port apply to sockets not inherited");
+        tracing::info!(from, sockets = %addresses.join(" "), "using inherited sockets");
     }
-    if api.is_empty() {
-        api = bind(&config.http.bind_addresses, config.http.port).await?;
+    if upgraded || api.is_empty() {
+        let covered: Vec<SocketAddr> = api.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let missing: Vec<SocketAddr> = wanted_api
+            .into_iter()
+            .filter(|address| !covered.contains(address))
+            .collect();
+        if !missing.is_empty() {
+            let (bound, errors) = bind(&missing).await;
+            api.extend(bound);
+            if api.is_empty() {
+                return Err(format!("cannot listen: {}", errors.join("; ")));
+            }
+            for err in errors {
+                tracing::warn!("cannot listen on {err}; serving on the other addresses");
+            }
+        }
     }
-    if prometheus.enabled && metrics.is_none() {
-        let mut bound = bind(std::slice::from_ref(&prometheus.address), prometheus.port)
-            .await
-            .map_err(|err| format!("metrics.prometheus: {err}"))?;
-        metrics = bound.pop();
+    if metrics.is_none() && !wanted_metrics.is_empty() {
+        let (mut bound, errors) = bind(&wanted_metrics).await;
+        metrics =
+            Some(bound.pop().ok_or_else(|| {
+                format!("metrics.prometheus: cannot listen: {}", errors.join("; "))
+            })?);
     }
     let mut handover = Vec::new();
     for (role, listener) in api
@@ -225,6 +258,19 @@ pub async fn open(config: &Config, inherited: Inherited) -> Result<Listeners, St
     })
 }
 
+/// `addresses` (IP addresses, as the config has them) on `port`.
+fn addresses(addresses: &[String], port: u16) -> Result<Vec<SocketAddr>, String> {
+    addresses
+        .iter()
+        .map(|address| {
+            address
+                .parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, port))
+                .map_err(|_| format!("`{address}` is not an IP address"))
+        })
+        .collect()
+}
+
 fn to_tokio(listener: std::net::TcpListener) -> Result<TcpListener, String> {
     listener
         .set_nonblocking(true)
@@ -232,23 +278,15 @@ fn to_tokio(listener: std::net::TcpListener) -> Result<TcpListener, String> {
         .map_err(|err| format!("inherited socket: {err}"))
 }
 
-async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, String> {
+/// Binds what it can of `addresses`: the listeners, and why the others failed.
+async fn bind(addresses: &[SocketAddr]) -> (Vec<TcpListener>, Vec<String>) {
     let mut listeners = Vec::new();
     let mut errors = Vec::new();
     for address in addresses {
-        let ip: IpAddr = address
-            .parse()
-            .map_err(|_| format!("`{address}` is not an IP address"))?;
-        match TcpListener::bind(SocketAddr::new(ip, port)).await {
+        match TcpListener::bind(address).await {
             Ok(listener) => listeners.push(listener),
-            Err(err) => errors.push(format!("{address}:{port}: {err}")),
+            Err(err) => errors.push(format!("{address}: {err}")),
         }
     }
-    if listeners.is_empty() {
-        return Err(format!("cannot listen: {}", errors.join("; ")));
-    }
-    for err in errors {
-        tracing::warn!("cannot listen on {err}; serving on the other addresses");
-    }
-    Ok(listeners)
+    (listeners, errors)
 }

@@ -1,14 +1,13 @@
 //! Parsing and validating a `/notify` body, without copying it.
 //!
-//! The host checks every known field's type (so bad input is a 400 with a reason, not a plugin
-//! failure) but keeps the notification as the raw JSON it received: plugins get that text as
-//! is, and each device's own raw text, grouped per app.
+//! The host refuses what a pushkin could not handle (a 400 with a reason, not a plugin failure
+//! the homeserver would retry for a day), by the one definition in `sygnal_plugin_api::validate`,
+//! but keeps the notification as the raw JSON it received: plugins get that text as is, and
+//! each device's own raw text, grouped per app.
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::fmt;
+use sygnal_plugin_api::validate;
 
 /// A valid notification: its raw JSON and its devices.
 #[derive(Debug)]
@@ -20,15 +19,7 @@ pub struct ParsedNotify<'a> {
 }
 
 /// One device: what routing needs, and the raw text handed to the plugin.
-#[derive(Debug)]
-pub struct DeviceRef<'a> {
-    /// The app id.
-    pub app_id: Cow<'a, str>,
-    /// The pushkey.
-    pub pushkey: Cow<'a, str>,
-    /// The device object as received.
-    pub raw: &'a RawValue,
-}
+pub type DeviceRef<'a> = validate::CheckedDevice<'a>;
 
 /// Why a body was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,94 +36,8 @@ struct Body<'a> {
     notification: Option<&'a RawValue>,
 }
 
-/// The known fields, type-checked; values are not kept.
-#[derive(Deserialize)]
-#[allow(dead_code)] // fields exist to be type-checked
-struct NotificationCheck<'a> {
-    #[serde(borrow, default)]
-    devices: Option<Vec<&'a RawValue>>,
-    id: Option<AnyString>,
-    event_id: Option<AnyString>,
-    room_id: Option<AnyString>,
-    #[serde(rename = "type")]
-    event_type: Option<AnyString>,
-    sender: Option<AnyString>,
-    sender_display_name: Option<AnyString>,
-    room_name: Option<AnyString>,
-    room_alias: Option<AnyString>,
-    membership: Option<AnyString>,
-    prio: Option<AnyString>,
-    user_is_target: Option<bool>,
-    content: Option<AnyObject>,
-    counts: Option<CountsCheck>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct CountsCheck {
-    unread: Option<u64>,
-    missed_calls: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct DeviceCheck<'a> {
-    #[serde(borrow)]
-    app_id: Cow<'a, str>,
-    #[serde(borrow)]
-    pushkey: Cow<'a, str>,
-    pushkey_ts: Option<u64>,
-    data: Option<AnyObject>,
-    tweaks: Option<TweaksCheck>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct TweaksCheck {
-    sound: Option<AnyString>,
-    highlight: Option<bool>,
-}
-
-/// Accepts any JSON string without allocating.
-struct AnyString;
-
-impl<'de> Deserialize<'de> for AnyString {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = AnyString;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyString, E> {
-                Ok(AnyString)
-            }
-        }
-        deserializer.deserialize_str(V)
-    }
-}
-
-/// Accepts any JSON object without keeping it.
-struct AnyObject;
-
-impl<'de> Deserialize<'de> for AnyObject {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AnyObject;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyObject)
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
-/// Parses and validates a `/notify` body.
+/// Parses and validates a `/notify` body: JSON syntax here, the notification itself by the
+/// rules pushkins rely on ([`sygnal_plugin_api::validate`]).
 pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
     let body: Body<'_> = serde_json::from_slice(body).map_err(|err| {
         if err.is_data() {
@@ -149,58 +54,20 @@ pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
             "`notification` must be an object".to_owned(),
         ));
     }
-    let check: NotificationCheck<'_> = serde_path_to_error::deserialize(
-        &mut serde_json::Deserializer::from_str(notification.get()),
-    )
-    .map_err(|err| BadRequest::BadJson(format!("notification.{}: {}", err.path(), err.inner())))?;
-    let raw_devices = match check.devices {
-        None => {
-            return Err(BadRequest::BadJson(
-                "notification.devices: missing".to_owned(),
-            ))
-        }
-        Some(devices) if devices.is_empty() => {
-            return Err(BadRequest::BadJson(
-                "notification.devices: must not be empty".to_owned(),
-            ))
-        }
-        Some(devices) => devices,
-    };
-    let devices = raw_devices
-        .into_iter()
-        .enumerate()
-        .map(|(index, raw)| {
-            let check: DeviceCheck<'_> = serde_path_to_error::deserialize(
-                &mut serde_json::Deserializer::from_str(raw.get()),
-            )
-            .map_err(|err| {
-                let path = err.path().to_string();
-                let at = if path == "." {
-                    String::new()
-                } else {
-                    format!(".{path}")
-                };
-                BadRequest::BadJson(format!(
-                    "notification.devices[{index}]{at}: {}",
-                    err.inner()
-                ))
-            })?;
-            Ok(DeviceRef {
-                app_id: check.app_id,
-                pushkey: check.pushkey,
-                raw,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let checked = validate::notification(notification.get())
+        .map_err(|invalid| BadRequest::BadJson(invalid.to_string()))?;
     Ok(ParsedNotify {
         notification,
-        devices,
+        devices: checked.devices,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use sygnal_plugin_api::testing::{notification_json, synapse_notifications};
+    use sygnal_plugin_api::Notification;
 
     fn bad_json(body: &str) -> String {
         match parse(body.as_bytes()) {
@@ -273,6 +140,117 @@ mod tests {
             r#"{"notification":{"content":"x","devices":[{"app_id":"a","pushkey":"k"}]}}"#
         )
         .starts_with("notification.content:"));
+    }
+
+    #[test]
+    fn refuses_what_pushkins_could_not_parse() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let device = r#"{"app_id":"a","pushkey":"k"}"#;
+        for (notification, path) in [
+            (
+                format!(r#"{{"content":{{"x":{deep}}},"devices":[{device}]}}"#),
+                "notification.content.x",
+            ),
+            (
+                format!(r#"{{"devices":[{{"app_id":"a","pushkey":"k","data":{{"x":{deep}}}}}]}}"#),
+                "notification.devices[0].data.x",
+            ),
+            (
+                format!(r#"{{"content":{{"n":1e400}},"devices":[{device}]}}"#),
+                "notification.content.n",
+            ),
+            (
+                format!(r#"{{"future":-1e400,"devices":[{device}]}}"#),
+                "notification.future",
+            ),
+            (
+                format!(r#"{{"content":{{"body":"\ud800"}},"devices":[{device}]}}"#),
+                "notification.content.body",
+            ),
+        ] {
+            let reason = bad_json(&format!(r#"{{"notification":{notification}}}"#));
+            assert!(reason.starts_with(path), "{path}: {reason}");
+        }
+    }
+
+    #[test]
+    fn keeps_long_strings_for_the_pushkins_to_cut() {
+        let long = "x".repeat(400 * 1024);
+        let body = format!(
+            r#"{{"notification":{{"room_id":"{long}","event_id":"$e","devices":[{{"app_id":"a","pushkey":"k"}}]}}}}"#
+        );
+        assert!(parse(body.as_bytes()).is_ok());
+    }
+
+    /// What the SDK will parse for the devices the host routes to one app.
+    fn parses_in_the_sdk(parsed: &ParsedNotify<'_>) -> Result<(), String> {
+        let mut app_ids: Vec<&str> = parsed.devices.iter().map(|d| d.app_id.as_ref()).collect();
+        app_ids.sort_unstable();
+        app_ids.dedup();
+        for app_id in app_ids {
+            let raws: Vec<&str> = parsed
+                .devices
+                .iter()
+                .filter(|d| d.app_id == app_id)
+                .map(|d| d.raw.get())
+                .collect();
+            let devices = format!("[{}]", raws.join(","));
+            Notification::from_dispatch_json(parsed.notification.get(), &devices)?;
+        }
+        Ok(())
+    }
+
+    fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
+        match parse(body) {
+            Ok(parsed) => {
+                prop_assert!(!parsed.devices.is_empty());
+                if let Err(err) = parses_in_the_sdk(&parsed) {
+                    let body = String::from_utf8_lossy(body);
+                    return Err(TestCaseError::fail(format!("accepted, but {err}: {body}")));
+                }
+            }
+            Err(BadRequest::NotJson(reason) | BadRequest::BadJson(reason)) => {
+                prop_assert!(!reason.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    fn synapse_body_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let bodies: Vec<Vec<u8>> = synapse_notifications()
+            .into_iter()
+            .map(|n| {
+                serde_json::json!({ "notification": n })
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
+        prop::sample::select(bodies)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Real notifications with hostile fields: refused with a reason, or parsed by the SDK.
+        #[test]
+        fn accepted_bodies_parse_in_the_sdk(notification in notification_json()) {
+            check_body(format!(r#"{{"notification":{notification}}}"#).as_bytes())?;
+        }
+
+        /// Real bodies cut short or with a byte changed: never a panic, always an answer.
+        #[test]
+        fn damaged_bodies_get_an_answer(
+            body in synapse_body_bytes(),
+            cut in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut damaged = body.clone();
+            let position = at.index(damaged.len());
+            damaged[position] = byte;
+            check_body(&damaged)?;
+            check_body(&body[..cut.index(body.len())])?;
+        }
     }
 
     #[test]

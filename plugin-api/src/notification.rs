@@ -11,6 +11,10 @@ use serde_json::{Map, Value};
 /// A JSON object.
 pub type JsonObject = Map<String, Value>;
 
+/// Matrix identifiers (room, event and user ids, room aliases) are at most this many bytes
+/// long (the spec's limit); pushkins may cut longer ones to fit a provider's payload limit.
+pub const MAX_ID_BYTES: usize = 255;
+
 /// One notification, with the devices routed to the pushkin receiving it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
@@ -66,6 +70,21 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// Parses what the host hands a pushkin: the notification's JSON, and the JSON array of the
+    /// devices routed to this pushkin, which replace the notification's own `devices`.
+    ///
+    /// Whatever the host accepted (see [`validate`](crate::validate)) parses.
+    pub fn from_dispatch_json(
+        notification_json: &str,
+        devices_json: &str,
+    ) -> Result<Notification, String> {
+        let mut notification: Notification = serde_json::from_str(notification_json)
+            .map_err(|err| format!("invalid notification from host: {err}"))?;
+        notification.devices = serde_json::from_str(devices_json)
+            .map_err(|err| format!("invalid devices from host: {err}"))?;
+        Ok(notification)
+    }
+
     /// True when the homeserver asked for low priority delivery (`prio: "low"`).
     pub fn is_low_priority(&self) -> bool {
         self.prio.as_deref() == Some("low")

@@ -11,7 +11,7 @@ use crate::abi::{
 };
 use crate::host_info::{HostInfo, PluginInfo};
 use crate::metrics::Metrics;
-use crate::notification::{Device, JsonObject, Notification};
+use crate::notification::{JsonObject, Notification};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
@@ -78,6 +78,16 @@ impl PushError {
             message: message.into(),
         }
     }
+
+    /// Of the failure kept so far and a new one, the one to report for the whole dispatch: a
+    /// permanent failure says more about the configuration than a temporary one, so it wins;
+    /// between equals the first is kept.
+    pub fn worse(kept: Option<PushError>, new: PushError) -> PushError {
+        match kept {
+            Some(kept) if !kept.temporary || new.temporary => kept,
+            _ => new,
+        }
+    }
 }
 
 impl std::fmt::Display for PushError {
@@ -109,6 +119,7 @@ const SHARED_APP_KEYS: &[&str] = &[
     "inflight_request_limit",
     "max_tries",
     "retry_delay_base",
+    crate::fan_out::MAX_CONCURRENT_DEVICES_KEY,
 ];
 
 impl PushkinContext {
@@ -120,6 +131,12 @@ impl PushkinContext {
     /// The app's config section, as JSON.
     pub fn raw_config(&self) -> &JsonObject {
         &self.config
+    }
+
+    /// A configuration error naming the key, as the host shows it:
+    /// `apps.<app id>.<key>: <why>`. Return it from [`Pushkin::new`].
+    pub fn config_error(&self, key: &str, why: impl std::fmt::Display) -> String {
+        format!("apps.{}.{key}: {why}", self.app_id)
     }
 
     /// The app's config section, deserialized. Errors name the app and the offending key;
@@ -241,9 +258,17 @@ extern "C" fn version() -> RStr<'static> {
 }
 
 extern "C" fn info_json<P: Pushkin>() -> RString {
-    catch_unwind(|| serde_json::to_string(&P::plugin_info()).unwrap_or_default())
-        .unwrap_or_else(|_| "{}".to_owned())
-        .into()
+    let info = catch_unwind(P::plugin_info).unwrap_or_default();
+    let mut json = match serde_json::to_value(info) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    // Reported by the SDK itself: the host's refusal must not depend on the author.
+    json.insert(
+        crate::host_info::PANIC_STRATEGY_KEY.to_owned(),
+        crate::host_info::PANIC_STRATEGY.into(),
+    );
+    serde_json::Value::Object(json).to_string().into()
 }
 
 extern "C" fn shutdown() {
@@ -332,24 +357,12 @@ impl<P: Pushkin> Adapter<P> {
         notification_json: RStr<'_>,
         devices_json: RStr<'_>,
     ) -> FfiFuture<FfiDispatchResult> {
-        let mut notification: Notification = match serde_json::from_str(notification_json.as_str())
-        {
-            Ok(n) => n,
-            Err(err) => {
-                return failed(
-                    PushErrorKind::Permanent,
-                    format!("invalid notification from host: {err}"),
-                )
-            }
-        };
-        notification.devices = match serde_json::from_str::<Vec<Device>>(devices_json.as_str()) {
-            Ok(devices) => devices,
-            Err(err) => {
-                return failed(
-                    PushErrorKind::Permanent,
-                    format!("invalid devices from host: {err}"),
-                )
-            }
+        let notification = match Notification::from_dispatch_json(
+            notification_json.as_str(),
+            devices_json.as_str(),
+        ) {
+            Ok(notification) => notification,
+            Err(message) => return failed(PushErrorKind::Permanent, message),
         };
         let pushkin = Arc::clone(&self.inner);
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);

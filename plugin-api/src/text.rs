@@ -1,4 +1,5 @@
-//! Text helpers: truncation that never splits a character, and glob matching.
+//! Text helpers: truncation that never splits a character, shaving payloads to fit, and glob
+//! matching.
 
 /// The longest prefix of `s` at most `max_bytes` bytes long that ends on a character boundary.
 pub fn truncate_to_bytes(s: &str, max_bytes: usize) -> &str {
@@ -28,6 +29,38 @@ pub fn truncate_with_ellipsis(s: &str, max_bytes: usize) -> std::borrow::Cow<'_,
     }
     let kept = truncate_to_bytes(s, max_bytes.saturating_sub(ELLIPSIS.len()));
     format!("{kept}{ELLIPSIS}").into()
+}
+
+/// The bytes `c` takes inside a JSON string as serde_json writes it.
+pub fn json_escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{08}' | '\u{0c}' | '\n' | '\r' | '\t' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Shortens the longest of `texts` (in UTF-8 bytes, the first on ties), one whole character
+/// at a time, until their JSON encoding is `excess` bytes shorter. Returns the excess left
+/// (0 when it was all shaved; more when the texts ran out).
+///
+/// Linear in the text removed: each removed character's escaped length is subtracted rather
+/// than the payload re-serialized.
+pub fn shave_longest(texts: &mut [&mut String], mut excess: usize) -> usize {
+    while excess > 0 {
+        let mut longest: Option<usize> = None;
+        for (i, text) in texts.iter().enumerate() {
+            if !text.is_empty() && longest.is_none_or(|l| text.len() > texts[l].len()) {
+                longest = Some(i);
+            }
+        }
+        let Some(i) = longest else {
+            return excess;
+        };
+        let removed = texts[i].pop().map_or(0, json_escaped_len);
+        excess = excess.saturating_sub(removed);
+    }
+    0
 }
 
 /// Whole-string, case-sensitive glob match: `*` any run of characters, `?` exactly one.
@@ -83,6 +116,21 @@ mod tests {
         assert_eq!(cut, "éé…");
         assert!(cut.len() <= 7);
         assert_eq!(truncate_with_ellipsis("short", 10), "short");
+    }
+
+    #[test]
+    fn shaving_takes_from_the_longest_until_the_excess_is_gone() {
+        let (mut a, mut b) = ("aaaaaa".to_owned(), "bb\n".to_owned());
+        assert_eq!(shave_longest(&mut [&mut a, &mut b], 4), 0);
+        assert_eq!((a.as_str(), b.as_str()), ("aa", "bb\n"));
+        // "\n" counts as the two bytes it takes in JSON.
+        assert_eq!(shave_longest(&mut [&mut a, &mut b], 2), 0);
+        assert_eq!((a.as_str(), b.as_str()), ("aa", "bb"));
+        assert_eq!(shave_longest(&mut [&mut a, &mut b], 10), 6);
+        assert_eq!((a.as_str(), b.as_str()), ("", ""));
+        let mut wide = "日本".to_owned();
+        assert_eq!(shave_longest(&mut [&mut wide], 1), 0);
+        assert_eq!(wide, "日");
     }
 
     #[test]

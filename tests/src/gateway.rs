@@ -60,6 +60,11 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The config file the gateway runs on.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sygnal.yaml")
@@ -68,11 +73,6 @@ impl Gateway {
     /// The gateway's working directory (config, output), removed on drop.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// The gateway's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 
     /// POSTs `body` to /notify: the status and the JSON answer (Null if not JSON).
@@ -248,6 +248,8 @@ impl GatewayBuilder {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
+            // Plugin snapshots go to the test's own directory, removed with it.
+            .env("XDG_RUNTIME_DIR", dir)
             .stdin(Stdio::null());
         for (key, value) in &self.env {
             command.env(key, value);

@@ -5,10 +5,14 @@
 //! runs it first): the binary and the cdylibs land in the same target directory as the tests.
 
 pub mod gateway;
+pub mod load;
+pub mod out_of_tree;
 pub mod process;
 pub mod proxy;
 pub mod serve;
+pub mod synapse;
 pub mod tls;
+pub mod unifiedpush;
 
 use std::path::PathBuf;
 

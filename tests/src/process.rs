@@ -1,13 +1,10 @@
 //! Process lifecycle helpers: processes the tests did not start as their own child (a gateway
-//! started by a binary upgrade, a script), killed when the test ends however it ends; steady
-//! load from concurrent clients; raw HTTP over TCP for what a well-behaved client never does.
+//! started by a binary upgrade, a script), killed when the test ends however it ends; raw HTTP
+//! over TCP for what a well-behaved client never does.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 /// A process known by its id, SIGKILLed on drop unless it is already gone.
 pub struct ProcessGuard {
@@ -77,121 +74,6 @@ pub async fn wait_for_pid_file(path: &std::path::Path, not: u32, timeout: Durati
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
-}
-
-/// What a [`Load`] saw.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    /// Requests answered 200.
-    pub ok: usize,
-    /// Everything else: status codes and transport errors, with their causes.
-    pub failures: Vec<String>,
-}
-
-/// Concurrent clients POSTing one body to a URL in a loop, each with its own connection pool
-/// (keep-alive), until stopped.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-/// A transport error with its causes, e.g. "error sending request: connection closed before
-/// message completed".
-pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-impl Load {
-    /// Starts `clients` clients.
-    pub fn start(url: &str, clients: usize, body: serde_json::Value) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let body = serde_json::to_vec(&body).expect("serialisable body");
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let (url, body) = (url.to_owned(), body.clone());
-                tokio::spawn(async move {
-                    let client = reqwest::Client::builder()
-                        .no_proxy()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .expect("client");
-                    while !stop.load(Ordering::Relaxed) {
-                        let sent = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        let failure = match sent {
-                            Ok(response) if response.status() == 200 => {
-                                match response.bytes().await {
-                                    Ok(_) => None,
-                                    Err(err) => Some(describe(&err)),
-                                }
-                            }
-                            Ok(response) => Some(format!("status {}", response.status())),
-                            Err(err) => Some(describe(&err)),
-                        };
-                        match failure {
-                            None => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Some(failure) => failures.lock().expect("lock").push(failure),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    /// Requests answered 200 so far.
-    pub fn ok(&self) -> usize {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `more` further requests were answered 200 (false on timeout).
-    pub async fn wait_for_more(&self, more: usize, timeout: Duration) -> bool {
-        let target = self.ok() + more;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.ok() >= target {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    }
-
-    /// Stops the clients (each finishes its request in progress) and reports.
-    pub async fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let failures = std::mem::take(&mut *self.failures.lock().expect("lock"));
-        LoadReport {
-            ok: self.ok.load(Ordering::Relaxed),
-            failures,
-        }
-    }
 }
 
 /// A raw TCP connection to a loopback port.

@@ -394,15 +394,24 @@ async fn long_multibyte_messages_are_shaved_to_4096_bytes() {
     let shaved = args[2].as_str().expect("text");
     assert!(text.starts_with(shaved) && shaved.len() < text.len());
 
-    // Nothing shaveable (no aps in an event_id_only push): a permanent failure, nothing sent.
+    // Nothing shaveable (no aps in an event_id_only push): it can never be delivered, so it
+    // is dropped, logged and counted, not failed (a 5xx would be retried for a day).
     let (pushkey, hex) = token(91);
     let mut d = device(&pushkey);
     d["data"] = json!({"format": "event_id_only", "default_payload": {"blob": "x".repeat(5000)}});
-    let (status, _) = gw
+    let answer = gw
         .notify(notification(vec![d], json!({"type": null})))
         .await;
-    assert_eq!(status, 502);
+    assert_eq!(answer, (200, json!({"rejected": []})));
     assert!(apns.received_for(&hex).is_empty());
+    assert!(gw.logs().contains("notification dropped"), "{}", gw.logs());
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "sygnal_apns_dropped_total{{pushkin=\"{APP}\",reason=\"payload_too_large\"}} 1"
+        )),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -568,6 +577,18 @@ async fn concurrent_notifications_share_one_connection() {
         .map(|r| apns.verify_provider_token(r))
         .collect();
     assert_eq!(jwts.len(), 1);
+}
+
+#[tokio::test]
+async fn max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let apns = FakeApns::start(false).await;
+    apns.default_reply(Reply::ok().delayed(Duration::from_millis(100)));
+    let gw = gateway(&apns, &token_app(&apns, "  max_concurrent_devices: 3\n")).await;
+    let devices = (0..12u8).map(|seed| device(&token(140 + seed).0)).collect();
+    let (status, answer) = gw.notify(notification(devices, json!({}))).await;
+    assert_eq!((status, answer), (200, json!({"rejected": []})));
+    assert_eq!(apns.received().len(), 12);
+    assert_eq!(apns.max_in_flight(), 3, "concurrent, but at most 3");
 }
 
 #[tokio::test]

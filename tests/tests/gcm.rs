@@ -10,7 +10,7 @@ mod legacy;
 #[path = "gcm/v1.rs"]
 mod v1;
 
-use fake_fcm::{Fake, Reply, CLIENT_EMAIL};
+use fake_fcm::{Fake, Reply};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use sygnal_tests::gateway::Gateway;
@@ -51,24 +51,12 @@ impl Upstream {
     fn with(fake: Arc<Fake>, server: TestServer) -> Self {
         *fake.token_uri.lock().unwrap() = format!("{}/token", server.url());
         let dir = tempfile::tempdir().unwrap();
-        let account = json!({
-            "type": "service_account",
-            "project_id": "test-project",
-            "private_key_id": "test-key-id",
-            "private_key": fake_fcm::TEST_KEY_PEM,
-            "client_email": CLIENT_EMAIL,
-            "client_id": "1",
-            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": format!("{}/token", server.url()),
-        });
-        std::fs::write(dir.path().join("service-account.json"), account.to_string()).unwrap();
+        fake_fcm::write_service_account(dir.path(), &server.url());
         Upstream { fake, server, dir }
     }
 
     fn service_account_file(&self) -> String {
-        self.dir
-            .path()
-            .join("service-account.json")
+        fake_fcm::service_account_path(self.dir.path())
             .display()
             .to_string()
     }

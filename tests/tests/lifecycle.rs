@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use sygnal_tests::gateway::Gateway;
+use sygnal_tests::load::{assert_none_failed, Load};
 use sygnal_tests::process::{
-    connect, read_head, read_until_closed, send, wait_for_pid_file, wait_gone, Load, ProcessGuard,
+    connect, read_head, read_until_closed, send, wait_for_pid_file, wait_gone, ProcessGuard,
 };
 use sygnal_tests::{free_port, sygnal_bin};
 
@@ -27,8 +28,8 @@ fn notification(pushkey: &str) -> serde_json::Value {
 
 /// `clients` clients notifying `pushkey` in a loop.
 fn load(gw: &Gateway, clients: usize, pushkey: &str) -> Load {
-    let url = format!("{}/_matrix/push/v1/notify", gw.url());
-    Load::start(&url, clients, notification(pushkey))
+    let body = notification(pushkey);
+    Load::start(&gw.url(), clients, Duration::ZERO, move |_, _| body.clone())
 }
 
 /// An "installed" gateway: `dir/bin/sygnal`, a symlink to the built binary, replaced by the
@@ -112,15 +113,8 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
 
     // The new process serves the same port on its own.
     assert!(load.wait_for_more(100, Duration::from_secs(30)).await);
-    let report = load.stop().await;
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} requests failed: {:?}\n{}",
-        report.failures.len(),
-        report.ok + report.failures.len(),
-        &report.failures[..report.failures.len().min(10)],
-        gw.logs()
-    );
+    let answers = load.stop().await;
+    assert_none_failed(&answers, 16, 5);
     let logs = gw.logs();
     assert!(
         logs.contains("took over from the previous process"),
@@ -144,6 +138,48 @@ async fn a_binary_upgrade_under_load_fails_no_request() {
     assert_eq!(receive(&notify_socket), "STOPPING=1");
     assert!(wait_gone(new_pid, Duration::from_secs(30)).await);
     assert!(!pid_file.exists(), "the last process removes its pid file");
+}
+
+#[tokio::test]
+async fn a_binary_upgrade_applies_a_new_listening_port() {
+    let mut gw = Gateway::builder(APPS)
+        .arg("--pid-file")
+        .arg("{dir}/sygnal.pid")
+        .start()
+        .await;
+    let (old_pid, old_port, new_port) = (gw.pid(), gw.port, free_port());
+    let config = std::fs::read_to_string(gw.config_path()).expect("config");
+    let changed = config.replace(&format!("port: {old_port}"), &format!("port: {new_port}"));
+    assert_ne!(config, changed);
+    std::fs::write(gw.config_path(), changed).expect("config");
+    gw.signal("USR2");
+    let new_pid = wait_for_pid_file(
+        &gw.dir().join("sygnal.pid"),
+        old_pid,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|| panic!("no new process took over:\n{}", gw.logs()));
+    let _new = ProcessGuard::new(new_pid);
+    let status = gw
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("old process exited");
+    assert!(status.success(), "{status}");
+    assert!(
+        health(new_port, Duration::from_secs(10)).await,
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", old_port)).is_err(),
+        "the old port is still open"
+    );
+    assert!(
+        gw.logs().contains("no longer listening here"),
+        "{}",
+        gw.logs()
+    );
 }
 
 #[tokio::test]
@@ -219,8 +255,7 @@ async fn a_new_process_that_fails_leaves_the_old_one_serving() {
 
     // The old process served throughout.
     assert!(load.wait_for_more(20, Duration::from_secs(30)).await);
-    let report = load.stop().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_none_failed(&load.stop().await, 4, 5);
     assert_eq!(gw.request("GET", "/health").await.0, 200);
 }
 
@@ -474,8 +509,7 @@ async fn the_log_file_follows_rotation_and_sighup() {
         wait_for_file_containing(&log, "SIGHUP received", Duration::from_secs(10)).await,
         "SIGHUP did not reopen the log file"
     );
-    let report = load.stop().await;
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_none_failed(&load.stop().await, 2, 1);
     assert!(std::fs::read_to_string(dir.path().join("sygnal.log.1"))
         .expect("rotated file")
         .contains("scripted dispatch"));

@@ -1,49 +1,13 @@
 //! The UnifiedPush pushkin against a fake endpoint on loopback: delivery, rejection, retries,
 //! SSRF refusals, discovery, and the shipped sample config.
 
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use sygnal_tests::gateway::Gateway;
-use sygnal_tests::serve::{serve_http, TestServer};
-
-/// A fake UnifiedPush endpoint: answers the scripted statuses in turn (then 200), records bodies.
-#[derive(Clone, Default)]
-struct Endpoint {
-    script: Arc<Mutex<Vec<u16>>>,
-    bodies: Arc<Mutex<Vec<Value>>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Endpoint {
-    async fn start(script: &[u16]) -> (Endpoint, TestServer) {
-        let endpoint = Endpoint {
-            script: Arc::new(Mutex::new(script.iter().rev().copied().collect())),
-            ..Endpoint::default()
-        };
-        let router = Router::new()
-            .route("/up/{token}", post(receive))
-            .with_state(endpoint.clone());
-        (endpoint, serve_http(router).await)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn receive(State(endpoint): State<Endpoint>, body: axum::body::Bytes) -> StatusCode {
-    endpoint.hits.fetch_add(1, Ordering::SeqCst);
-    if let Ok(json) = serde_json::from_slice(&body) {
-        endpoint.bodies.lock().unwrap().push(json);
-    }
-    let status = endpoint.script.lock().unwrap().pop().unwrap_or(200);
-    StatusCode::from_u16(status).unwrap()
-}
+use sygnal_tests::serve::serve_http;
+use sygnal_tests::unifiedpush::Endpoint;
 
 fn apps(allowed: &str) -> String {
     format!(

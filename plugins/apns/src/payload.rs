@@ -2,7 +2,8 @@
 //! Apple's 4096-byte limit (Sygnal's `apnstruncate`). Pure functions: no I/O, no clock.
 
 use serde_json::{Map, Value};
-use sygnal_plugin_api::text::truncate_to_chars;
+use sygnal_plugin_api::notification::MAX_ID_BYTES;
+use sygnal_plugin_api::text::{shave_longest, truncate_to_bytes, truncate_to_chars};
 use sygnal_plugin_api::{Device, Notification};
 
 /// Sender, room name and room alias are cut to this many characters (Sygnal's MAX_FIELD_LENGTH).
@@ -70,6 +71,12 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
 
+/// A room or event id for the payload: ids longer than Matrix allows are cut, so a hostile
+/// one cannot push the payload over Apple's limit.
+fn id(value: &Option<String>) -> Option<&str> {
+    non_empty(value).map(|v| truncate_to_bytes(v, MAX_ID_BYTES))
+}
+
 /// `format: event_id_only`-style payload: ids and counts beside the default payload, no `aps`
 /// unless the default payload brings one.
 fn event_id_only(
@@ -77,10 +84,10 @@ fn event_id_only(
     mut payload: Map<String, Value>,
     options: PayloadOptions,
 ) -> Map<String, Value> {
-    if let Some(room_id) = non_empty(&n.room_id) {
+    if let Some(room_id) = id(&n.room_id) {
         payload.insert("room_id".into(), room_id.into());
     }
-    if let Some(event_id) = non_empty(&n.event_id) {
+    if let Some(event_id) = id(&n.event_id) {
         payload.insert("event_id".into(), event_id.into());
     }
     if options.send_badge_counts {
@@ -228,10 +235,10 @@ fn full(
         aps.entry("sound").or_insert_with(|| sound.as_str().into());
     }
     if loc.is_some() {
-        if let Some(room_id) = non_empty(&n.room_id) {
+        if let Some(room_id) = id(&n.room_id) {
             payload.insert("room_id".into(), room_id.into());
         }
-        if let Some(event_id) = non_empty(&n.event_id) {
+        if let Some(event_id) = id(&n.event_id) {
             payload.insert("event_id".into(), event_id.into());
         }
     }
@@ -264,23 +271,13 @@ pub fn truncate(mut payload: Map<String, Value>, max_bytes: usize) -> Result<Vec
         .filter_map(|c| get(aps, c).map(|text| (c, text.to_owned())))
         .collect();
 
-    // Each removed character shortens the JSON by its escaped length, so the loop runs without
-    // re-serializing: linear in the text removed rather than quadratic.
-    let mut excess = body.len() - max_bytes;
-    while excess > 0 {
-        let mut longest: Option<usize> = None;
-        for (i, (_, text)) in fields.iter().enumerate() {
-            if !text.is_empty() && longest.is_none_or(|l| text.len() > fields[l].1.len()) {
-                longest = Some(i);
-            }
-        }
-        let Some(i) = longest else {
-            return Err(TooLong {
-                bytes: max_bytes + excess,
-            });
-        };
-        let removed = fields[i].1.pop().map_or(0, json_escaped_len);
-        excess = excess.saturating_sub(removed);
+    let excess = body.len() - max_bytes;
+    let mut texts: Vec<&mut String> = fields.iter_mut().map(|(_, text)| text).collect();
+    let left = shave_longest(&mut texts, excess);
+    if left > 0 {
+        return Err(TooLong {
+            bytes: max_bytes + left,
+        });
     }
     for (c, text) in fields {
         put(aps, c, text);
@@ -297,15 +294,6 @@ fn serialize(payload: &Map<String, Value>) -> Vec<u8> {
     // Serializing a Map of Values cannot fail (keys are strings); an empty body would be
     // refused by APNs rather than sent wrongly.
     serde_json::to_vec(payload).unwrap_or_default()
-}
-
-/// The bytes `c` takes inside a JSON string as serde_json writes it.
-fn json_escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\u{08}' | '\u{0c}' | '\n' | '\r' | '\t' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
 }
 
 fn choppables(aps: &Map<String, Value>) -> Vec<Choppable> {

@@ -492,3 +492,27 @@ fn device_tokens() {
     assert_eq!(device_token("", true), None);
     assert_eq!(device_token("DEADBEEF", false).as_deref(), Some("DEADBEEF"));
 }
+
+mod properties {
+    use super::super::*;
+    use proptest::prelude::*;
+    use sygnal_plugin_api::testing::accepted_notifications;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the host accepts: no panic, and what is sent is JSON within Apple's limit
+        /// (or, when even shaving cannot make it fit, nothing is sent).
+        #[test]
+        fn payloads_fit_apns_limit(n in accepted_notifications(), badges in any::<bool>()) {
+            let options = PayloadOptions { send_badge_counts: badges };
+            for device in &n.devices {
+                if let Ok(Prepared::Send(body)) = prepare(&n, device, options) {
+                    prop_assert!(body.len() <= MAX_BODY_BYTES, "{} bytes", body.len());
+                    prop_assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+                }
+                let _ = device_token(&device.pushkey, true);
+            }
+        }
+    }
+}

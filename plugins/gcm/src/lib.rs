@@ -15,7 +15,7 @@ pub mod transport;
 use config::{Api, GcmConfig};
 use std::time::Duration;
 use sygnal_plugin_api::http::{build_client, ClientOptions};
-use sygnal_plugin_api::{Notification, PushError, Pushkin, PushkinContext};
+use sygnal_plugin_api::{FanOut, Notification, PushError, Pushkin, PushkinContext};
 use transport::{Auth, Transport, TransportSettings};
 
 /// The FCM pushkin for one app.
@@ -28,10 +28,11 @@ impl Pushkin for GcmPushkin {
 
     fn new(ctx: PushkinContext) -> Result<Self, String> {
         let config = GcmConfig::from_context(&ctx)?;
+        let request_timeout = Duration::from_secs(30);
         let options = ClientOptions {
             // Keep as many idle connections as may be busy at once.
             max_idle_per_host: config.max_connections,
-            request_timeout: Duration::from_secs(30),
+            request_timeout,
             ..ClientOptions::default()
         };
         let client = build_client(ctx.host(), &options)
@@ -55,7 +56,10 @@ impl Pushkin for GcmPushkin {
             client,
             auth,
             max_connections: config.max_connections,
+            // A request waits for a slot at most as long as one request may take.
+            slot_wait: request_timeout,
             retry: config.retry,
+            fan_out: FanOut::from_context(&ctx)?,
             fcm_options: config.fcm_options,
             send_badge_counts: config.send_badge_counts,
             fallback_user_agent: ctx.host().user_agent.is_empty(),

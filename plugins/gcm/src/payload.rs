@@ -5,7 +5,7 @@
 //! anything else), including values taken from a pusher's `default_payload`.
 
 use serde_json::{Map, Value};
-use sygnal_plugin_api::text::truncate_with_ellipsis;
+use sygnal_plugin_api::text::{shave_longest, truncate_with_ellipsis};
 use sygnal_plugin_api::{Device, JsonObject, Notification};
 
 /// Longest string field, in bytes, before it is cut (Sygnal's `MAX_BYTES_PER_FIELD`).
@@ -46,7 +46,26 @@ pub enum Data {
     Nothing,
     /// The pusher's `default_payload` is not an object: reject its pushkey, as Sygnal does.
     BadDefaultPayload,
+    /// Over [`MAX_DATA_BYTES`] even with every text field shaved: it can never be sent.
+    TooLarge {
+        /// Its size, shaved as far as it goes.
+        bytes: usize,
+    },
 }
+
+/// FCM refuses data payloads over 4096 bytes; measured here as the compact JSON of `data`,
+/// which counts a little more than FCM does.
+pub const MAX_DATA_BYTES: usize = 4096;
+
+/// Fields the notification contributes as display text: shaved (longest first) when the data
+/// is over [`MAX_DATA_BYTES`]. Ids, the event type, the priority and the counts are kept whole.
+const TEXT_FIELDS: [&str; 5] = [
+    "sender",
+    "sender_display_name",
+    "room_name",
+    "room_alias",
+    "membership",
+];
 
 /// Builds the `data` for `device` from `notification`.
 pub fn build_data(
@@ -107,8 +126,9 @@ pub fn build_data(
     };
     data.insert("prio".into(), prio.into());
 
-    // Sygnal sends a count only when it is non-zero: a zero unread count alone does not wake
-    // the device (Synapse sends one on every read receipt).
+    // Every count present is sent, zero included: the badge-only update Synapse sends after a
+    // read receipt (`unread: 0`) is what clears the badge. Sygnal 0.17 leaves zeros out, so
+    // badges never clear; Sygnal 0.15 sent them, as this does.
     let mut counts = Map::new();
     if send_badge_counts {
         let present = [
@@ -116,7 +136,7 @@ pub fn build_data(
             ("missed_calls", notification.counts.missed_calls),
         ];
         for (name, count) in present {
-            if let Some(count) = count.filter(|c| *c != 0) {
+            if let Some(count) = count {
                 let value = match api {
                     ApiVersion::Legacy => Value::from(count),
                     ApiVersion::V1 => Value::from(count.to_string()),
@@ -140,12 +160,46 @@ pub fn build_data(
     }
 
     if overflowed > MAX_OVERFLOW_FIELDS {
-        sygnal_plugin_api::tracing::warn!(
+        sygnal_plugin_api::tracing::info!(
             overflowed,
-            "payload has too many overflowing fields; Firebase will likely refuse it"
+            "payload has many overflowing fields; shaving it to FCM's size limit"
         );
     }
-    Data::Send(data)
+    match fit(&mut data) {
+        Ok(()) => Data::Send(data),
+        Err(bytes) => Data::TooLarge { bytes },
+    }
+}
+
+/// Shaves text fields (the notification's display texts and content strings, longest first)
+/// until `data` fits in [`MAX_DATA_BYTES`]; `Err` with the size reached when it cannot.
+fn fit(data: &mut JsonObject) -> Result<(), usize> {
+    let size = serde_json::to_vec(&*data).map_or(usize::MAX, |json| json.len());
+    if size <= MAX_DATA_BYTES {
+        return Ok(());
+    }
+    let mut texts: Vec<&mut String> = Vec::new();
+    for (key, value) in data.iter_mut() {
+        match value {
+            Value::String(text)
+                if TEXT_FIELDS.contains(&key.as_str()) || key.starts_with("content_") =>
+            {
+                texts.push(text)
+            }
+            // Legacy keeps `content` an object: its strings (body, formatted_body...) shave.
+            Value::Object(content) if key == "content" => {
+                texts.extend(content.values_mut().filter_map(|v| match v {
+                    Value::String(text) => Some(text),
+                    _ => None,
+                }));
+            }
+            _ => {}
+        }
+    }
+    match shave_longest(&mut texts, size - MAX_DATA_BYTES) {
+        0 => Ok(()),
+        left => Err(MAX_DATA_BYTES + left),
+    }
 }
 
 /// `text` cut to [`MAX_BYTES_PER_FIELD`], counting cuts in `overflowed`.

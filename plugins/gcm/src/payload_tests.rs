@@ -101,7 +101,7 @@ fn default_payload_comes_first_and_notification_fields_win() {
 
 #[test]
 fn default_payload_alone_does_not_make_a_badge_update_sendable() {
-    let badge = notification(json!({"counts": {"unread": 0}}));
+    let badge = notification(json!({"counts": {}}));
     let pusher = device(json!({"default_payload": {"aps": "x"}}));
     assert_eq!(
         build_data(&badge, &pusher, ApiVersion::V1, true),
@@ -155,7 +155,7 @@ fn long_strings_are_cut_at_1024_bytes_with_an_ellipsis() {
     let multibyte = format!("{}{}", "c".repeat(1020), "€".repeat(10));
     let n = notification(json!({
         "event_id": "$e", "room_name": exact, "sender_display_name": long,
-        "room_alias": multibyte, "content": {"body": "d".repeat(2000)},
+        "room_alias": multibyte,
     }));
     let legacy = sent(build_data(&n, &device(json!({})), ApiVersion::Legacy, true));
     assert_eq!(legacy["room_name"], exact.as_str());
@@ -164,13 +164,51 @@ fn long_strings_are_cut_at_1024_bytes_with_an_ellipsis() {
     assert_eq!(cut.len(), 1024);
     let cut = legacy["room_alias"].as_str().unwrap();
     assert_eq!(cut, format!("{}…", "c".repeat(1020)));
-    // Legacy keeps the content object as it came (Sygnal does not cut inside it).
-    assert_eq!(legacy["content"]["body"].as_str().unwrap().len(), 2000);
+    let v1 = sent(build_data(&n, &device(json!({})), ApiVersion::V1, true));
+    assert_eq!(v1["sender_display_name"], legacy["sender_display_name"]);
 
+    let n = notification(json!({"event_id": "$e", "content": {"body": "d".repeat(2000)}}));
+    // Legacy keeps the content object as it came while it fits (Sygnal does not cut inside).
+    let legacy = sent(build_data(&n, &device(json!({})), ApiVersion::Legacy, true));
+    assert_eq!(legacy["content"]["body"].as_str().unwrap().len(), 2000);
     let v1 = sent(build_data(&n, &device(json!({})), ApiVersion::V1, true));
     let body = v1["content_body"].as_str().unwrap();
     assert_eq!(body, format!("{}…", "d".repeat(1021)));
-    assert_eq!(v1["sender_display_name"], legacy["sender_display_name"]);
+}
+
+#[test]
+fn data_is_shaved_to_fcm_size_limit_keeping_ids_whole() {
+    let huge = "i".repeat(400 * 1024);
+    let n = notification(json!({
+        "event_id": format!("${huge}"), "room_id": format!("!{huge}"), "type": "m.room.message",
+        "sender": "@s:x", "room_name": "r".repeat(1500), "sender_display_name": "n".repeat(1500),
+        "room_alias": "#a".repeat(700),
+        "content": {"msgtype": "m.text", "body": "b".repeat(3000), "formatted_body": "f".repeat(3000)},
+        "counts": {"unread": 3},
+    }));
+    for api in [ApiVersion::Legacy, ApiVersion::V1] {
+        let data = sent(build_data(&n, &device(json!({})), api, true));
+        let size = serde_json::to_vec(&data).unwrap().len();
+        assert!(size <= MAX_DATA_BYTES, "{api:?}: {size} bytes");
+        // Ids are cut per field (1024 bytes, as Sygnal), never shaved to make room.
+        assert_eq!(data["event_id"].as_str().unwrap().len(), 1024, "{api:?}");
+        assert_eq!(data["room_id"].as_str().unwrap().len(), 1024, "{api:?}");
+        assert_eq!(data["type"], "m.room.message");
+        assert_eq!(data["sender"], "@s:x", "short texts survive");
+        let unread = if api == ApiVersion::V1 {
+            json!("3")
+        } else {
+            json!(3)
+        };
+        assert_eq!(data["unread"], unread);
+    }
+    // Something that is not text and cannot shrink: the notification cannot be sent.
+    let n = notification(json!({"event_id": "$e"}));
+    let pusher = device(json!({"default_payload": {"blob": vec!["x"; 2000]}}));
+    assert!(matches!(
+        build_data(&n, &pusher, ApiVersion::Legacy, true),
+        Data::TooLarge { bytes } if bytes > MAX_DATA_BYTES
+    ));
 }
 
 #[test]
@@ -183,28 +221,36 @@ fn send_badge_counts_false_leaves_counts_out() {
 }
 
 #[test]
-fn badge_only_updates_follow_sygnal() {
+fn badge_only_updates_are_sent_zero_counts_included() {
     let badge = |counts: Value| {
         notification(json!({"id": "", "type": null, "sender": "", "counts": counts}))
     };
-    // Nothing to say: not sent.
-    for counts in [
-        json!({"unread": 0}),
-        json!({}),
-        json!({"unread": 0, "missed_calls": 0}),
-    ] {
-        assert_eq!(
-            build_data(
-                &badge(counts.clone()),
-                &device(json!({})),
-                ApiVersion::V1,
-                true
-            ),
-            Data::Nothing,
-            "{counts}"
-        );
-    }
-    // A non-zero count is worth sending...
+    // No count at all: nothing to say, not sent.
+    assert_eq!(
+        build_data(&badge(json!({})), &device(json!({})), ApiVersion::V1, true),
+        Data::Nothing
+    );
+    // A zero count clears the badge: it is sent (v1 as a string, legacy as a number).
+    let legacy = sent(build_data(
+        &badge(json!({"unread": 0})),
+        &device(json!({})),
+        ApiVersion::Legacy,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(legacy),
+        json!({"sender": "", "prio": "high", "unread": 0})
+    );
+    let v1 = sent(build_data(
+        &badge(json!({"unread": 0, "missed_calls": 0})),
+        &device(json!({})),
+        ApiVersion::V1,
+        true,
+    ));
+    assert_eq!(
+        Value::Object(v1),
+        json!({"sender": "", "prio": "high", "unread": "0", "missed_calls": "0"})
+    );
     let legacy = sent(build_data(
         &badge(json!({"unread": 4})),
         &device(json!({})),
@@ -290,9 +336,11 @@ fn real_synapse_bodies() {
             "prio": "high", "unread": 2,
         })
     );
+    // The badge-only update after a read receipt clears the badge.
+    let v1 = sent(build_data(badge, &badge.devices[0], ApiVersion::V1, true));
     assert_eq!(
-        build_data(badge, &badge.devices[0], ApiVersion::V1, true),
-        Data::Nothing
+        Value::Object(v1),
+        json!({"sender": "", "prio": "high", "unread": "0"})
     );
 }
 
@@ -349,4 +397,34 @@ fn v1_body_wraps_the_message_and_merges_android_options() {
         plain,
         json!({"message": {"android": {"priority": "normal"}, "token": "t", "data": {}}})
     );
+}
+
+mod properties {
+    use super::super::*;
+    use proptest::prelude::*;
+    use sygnal_plugin_api::testing::accepted_notifications;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the host accepts: no panic, and the data sent is within FCM's limit, all
+        /// strings for v1.
+        #[test]
+        fn data_fits_fcm_limit(n in accepted_notifications(), badges in any::<bool>()) {
+            for device in &n.devices {
+                for api in [ApiVersion::Legacy, ApiVersion::V1] {
+                    let Data::Send(data) = build_data(&n, device, api, badges) else { continue };
+                    let size = serde_json::to_vec(&data).unwrap().len();
+                    prop_assert!(size <= MAX_DATA_BYTES, "{api:?}: {size} bytes");
+                    if api == ApiVersion::V1 {
+                        prop_assert!(data.values().all(Value::is_string));
+                        let _ = v1_body(&JsonObject::new(), data, n.is_low_priority(), &device.pushkey);
+                    } else {
+                        let body = legacy_body(&JsonObject::new(), data, n.is_low_priority());
+                        let _ = with_recipients(&body, std::slice::from_ref(&device.pushkey));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,8 +11,11 @@ use sygnal_plugin_api::http::describe_error;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
-use sygnal_plugin_api::{JsonObject, Labels, Metrics, Notification, PushError};
+use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
 use tokio::sync::Semaphore;
+
+/// The legacy API takes at most this many registration ids in one request.
+pub const MAX_REGISTRATION_IDS: usize = 1000;
 
 /// FCM answers are small, but a legacy batch has one result per device.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -36,6 +39,10 @@ const PENDING: (&str, &str) = (
 const ACTIVE: (&str, &str) = (
     "sygnal_active_gcm_requests",
     "Number of GCM requests in flight",
+);
+const DROPPED: (&str, &str) = (
+    "sygnal_gcm_dropped",
+    "Notifications not sent to GCM because they can never be delivered",
 );
 const STATUS_CODES: (&str, &str) = (
     "sygnal_gcm_status_codes",
@@ -72,7 +79,10 @@ pub struct Transport {
     client: reqwest::Client,
     auth: Auth,
     slots: Semaphore,
+    /// How long a request may wait for one of the `max_connections` slots.
+    slot_wait: Duration,
     retry: RetryPolicy,
+    fan_out: FanOut,
     fcm_options: JsonObject,
     send_badge_counts: bool,
     /// Sent when the host gave no User-Agent (the client sets the host's otherwise).
@@ -92,8 +102,13 @@ pub struct TransportSettings {
     pub auth: Auth,
     /// `max_connections`.
     pub max_connections: usize,
+    /// How long a request may wait for a free connection slot before the attempt fails
+    /// (temporarily).
+    pub slot_wait: Duration,
     /// `max_tries` / `retry_delay_base`.
     pub retry: RetryPolicy,
+    /// `max_concurrent_devices`: v1 requests of one notification in flight at once.
+    pub fan_out: FanOut,
     /// `fcm_options`.
     pub fcm_options: JsonObject,
     /// `send_badge_counts`.
@@ -111,7 +126,9 @@ impl Transport {
             client: settings.client,
             auth: settings.auth,
             slots: Semaphore::new(settings.max_connections),
+            slot_wait: settings.slot_wait,
             retry: settings.retry,
+            fan_out: settings.fan_out,
             fcm_options: settings.fcm_options,
             send_badge_counts: settings.send_badge_counts,
             fallback_user_agent: settings.fallback_user_agent,
@@ -132,7 +149,8 @@ impl Transport {
         }
     }
 
-    /// One request for all devices; per-result failures retried for just those pushkeys.
+    /// One request per batch of at most [`MAX_REGISTRATION_IDS`] devices, batches concurrently
+    /// (bounded by `max_connections`); per-result failures retried for just those pushkeys.
     async fn dispatch_legacy(
         &self,
         notification: &Notification,
@@ -158,9 +176,37 @@ impl Transport {
                 warn!("rejecting pushkeys: default_payload must be an object");
                 return Ok(pushkeys);
             }
+            Data::TooLarge { bytes } => {
+                self.drop_too_large(bytes);
+                return Ok(Vec::new());
+            }
         };
         let body = payload::legacy_body(&self.fcm_options, data, notification.is_low_priority());
+        let batches = pushkeys
+            .chunks(MAX_REGISTRATION_IDS)
+            .map(|batch| self.send_legacy_batch(&body, batch.to_vec(), authorization, url));
+        let mut rejected = Vec::new();
+        let mut failure: Option<PushError> = None;
+        for result in join_all(batches).await {
+            match result {
+                Ok(keys) => rejected.extend(keys),
+                Err(err) => failure = Some(PushError::worse(failure, err)),
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(rejected),
+        }
+    }
 
+    /// Sends `body` to one batch of `pushkeys`; returns the rejected ones.
+    async fn send_legacy_batch(
+        &self,
+        body: &JsonObject,
+        pushkeys: Vec<String>,
+        authorization: &str,
+        url: &str,
+    ) -> Result<Vec<String>, PushError> {
         struct Progress {
             pending: Vec<String>,
             rejected: Vec<String>,
@@ -171,7 +217,7 @@ impl Transport {
         });
 
         let outcome = retry(&self.retry, |try_number| {
-            let (progress, body) = (&progress, &body);
+            let progress = &progress;
             async move {
                 let pending = lock(progress).pending.clone();
                 info!(
@@ -228,39 +274,19 @@ impl Transport {
         }
     }
 
-    /// One request per device, concurrently (bounded by `max_connections`).
+    /// One request per device, at most `max_concurrent_devices` of them at once (and all of
+    /// the app's requests bounded by `max_connections`).
     async fn dispatch_v1(
         &self,
         notification: &Notification,
         tokens: &TokenSource,
         url: &str,
     ) -> Result<Vec<String>, PushError> {
-        let sends = notification
-            .devices
-            .iter()
-            .map(|device| self.send_v1(notification, device, tokens, url));
-        let results = join_all(sends).await;
-        let mut rejected = Vec::new();
-        let mut failure: Option<PushError> = None;
-        for (device, result) in notification.devices.iter().zip(results) {
-            match result {
-                Ok(true) => rejected.push(device.pushkey.clone()),
-                Ok(false) => {}
-                // A permanent failure says more about the configuration than a temporary one.
-                Err(err) => {
-                    if failure
-                        .as_ref()
-                        .is_none_or(|f| f.temporary && !err.temporary)
-                    {
-                        failure = Some(err);
-                    }
-                }
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(rejected),
-        }
+        self.fan_out
+            .run(&notification.devices, |device| {
+                self.send_v1(notification, device, tokens, url)
+            })
+            .await
     }
 
     /// Sends to one device; `Ok(true)` when its pushkey is rejected.
@@ -280,6 +306,10 @@ impl Transport {
                 Data::BadDefaultPayload => {
                     warn!(pushkey = %hint, "rejecting pushkey: default_payload must be an object");
                     return Ok(true);
+                }
+                Data::TooLarge { bytes } => {
+                    self.drop_too_large(bytes);
+                    return Ok(false);
                 }
             };
         let body = payload::v1_body(
@@ -354,11 +384,21 @@ impl Transport {
             let _pending = self
                 .metrics
                 .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
-            self.slots.acquire().await
+            // Bounded: with a hung upstream every slot stays taken until requests time out,
+            // and an unbounded queue would answer homeservers long after they gave up.
+            tokio::time::timeout(self.slot_wait, self.slots.acquire()).await
         };
         self.observe(QUEUE_TIME, queued.elapsed());
-        // The semaphore is never closed; this is not expected to fail.
-        let _permit = permit.map_err(|_| "the connection limiter is closed".to_owned())?;
+        let _permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err("the connection limiter is closed".to_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "no free FCM connection slot (max_connections) within {} s",
+                    self.slot_wait.as_secs_f64()
+                ))
+            }
+        };
 
         let started = Instant::now();
         let _active = self
@@ -397,6 +437,18 @@ impl Transport {
                 .counter_add(STATUS_CODES.0, STATUS_CODES.1, &labels, 1.0);
         }
         result
+    }
+
+    /// Logs and counts a notification that can never fit FCM's limit: dropped, not failed,
+    /// so the homeserver does not retry it for a day.
+    fn drop_too_large(&self, bytes: usize) {
+        warn!(
+            bytes,
+            limit = payload::MAX_DATA_BYTES,
+            "data over FCM's limit even with every text shaved: notification dropped"
+        );
+        let labels = self.pushkin_labels.with("reason", "payload_too_large");
+        self.metrics.counter_add(DROPPED.0, DROPPED.1, &labels, 1.0);
     }
 
     fn observe(&self, histogram: (&str, &str), elapsed: Duration) {

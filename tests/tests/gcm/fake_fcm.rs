@@ -26,6 +26,29 @@ pub const TEST_KEY_PEM: &str = include_str!("../../data/gcm-test-only-rsa-key.pe
 pub const CLIENT_EMAIL: &str = "sygnal-test@test-project.iam.gserviceaccount.com";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
+/// Where [`write_service_account`] writes the file in `dir`.
+pub fn service_account_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("service-account.json")
+}
+
+/// Writes a service account file for project `test-project` whose token endpoint is this
+/// fake's (served at `base_url`); returns its path.
+pub fn write_service_account(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let account = json!({
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "test-key-id",
+        "private_key": TEST_KEY_PEM,
+        "client_email": CLIENT_EMAIL,
+        "client_id": "1",
+        "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+        "token_uri": format!("{base_url}/token"),
+    });
+    let path = service_account_path(dir);
+    std::fs::write(&path, account.to_string()).expect("service account file");
+    path
+}
+
 /// One scripted answer.
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -91,6 +114,8 @@ pub struct Fake {
     pub max_in_flight: AtomicUsize,
     /// The audience the assertion must name (the token_uri in the service account file).
     pub token_uri: Mutex<String>,
+    /// Legacy: registration ids answered `NotRegistered` in unscripted requests.
+    pub unregistered: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Fake {
@@ -292,17 +317,27 @@ async fn legacy_send(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
     if let Some(scripted) = fake.next_reply("*") {
         return reply(scripted);
     }
-    let recipients = if body.get("to").is_some() {
-        1
-    } else {
-        body["registration_ids"].as_array().map_or(0, Vec::len)
+    let recipients: Vec<&str> = match body.get("to") {
+        Some(to) => vec![to.as_str().unwrap_or("")],
+        None => body["registration_ids"]
+            .as_array()
+            .map(|ids| ids.iter().map(|id| id.as_str().unwrap_or("")).collect())
+            .unwrap_or_default(),
     };
-    let results: Vec<Value> = (0..recipients)
-        .map(|i| json!({"message_id": format!("0:{i}")}))
+    let unregistered = fake.unregistered.lock().unwrap();
+    let results: Vec<Value> = recipients
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match unregistered.contains(*id) {
+            true => json!({"error": "NotRegistered"}),
+            false => json!({"message_id": format!("0:{i}")}),
+        })
         .collect();
+    let failure = results.iter().filter(|r| r.get("error").is_some()).count();
     reply(Reply::new(
         200,
-        json!({"multicast_id": 1, "success": recipients, "failure": 0, "canonical_ids": 0, "results": results}),
+        json!({"multicast_id": 1, "success": results.len() - failure, "failure": failure,
+               "canonical_ids": 0, "results": results}),
     ))
 }
 

@@ -252,3 +252,59 @@ async fn legacy_low_priority_bad_default_payload_and_empty_badge_updates() {
     assert_eq!((status, rejected(&answer)), (200, vec![]));
     assert_eq!(up.fake.fcm_requests().len(), 1);
 }
+
+#[tokio::test]
+async fn legacy_splits_batches_at_1000_registration_ids() {
+    let up = Upstream::http().await;
+    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let keys: Vec<String> = (0..2500).map(|n| format!("reg-{n}")).collect();
+    let gone = [&keys[5], &keys[1500], &keys[2499]];
+    up.fake
+        .unregistered
+        .lock()
+        .unwrap()
+        .extend(gone.iter().map(|k| k.to_string()));
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (status, answer) = gateway.notify(notification(&refs)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        rejected(&answer),
+        gone.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+        "each batch's rejections map back to its own pushkeys"
+    );
+
+    let mut batches: Vec<Vec<String>> = up
+        .fake
+        .fcm_requests()
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r.body["data"],
+                legacy_data(),
+                "every batch has the same data"
+            );
+            serde_json::from_value(r.body["registration_ids"].clone()).unwrap()
+        })
+        .collect();
+    batches.sort_by_key(|batch| keys.iter().position(|k| *k == batch[0]));
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1000, 1000, 500]);
+    assert_eq!(batches.concat(), keys, "every device in exactly one batch");
+}
+
+#[tokio::test]
+async fn legacy_badge_only_update_with_zero_unread_clears_the_badge() {
+    let up = Upstream::http().await;
+    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let a = key("a");
+    let badge = json!({"notification": {"id": "", "type": null, "sender": "", "counts": {"unread": 0},
+        "devices": [{"app_id": APP, "pushkey": a, "pushkey_ts": 1, "data": {}}]}});
+    let (status, answer) = gateway.notify(badge).await;
+    assert_eq!((status, rejected(&answer)), (200, vec![]));
+    let requests = up.fake.fcm_requests();
+    assert_eq!(requests.len(), 1, "the badge update is sent");
+    assert_eq!(
+        requests[0].body,
+        json!({"to": a, "priority": "high", "data": {"sender": "", "prio": "high", "unread": 0}})
+    );
+}

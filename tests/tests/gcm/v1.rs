@@ -300,6 +300,25 @@ async fn v1_max_connections_bounds_concurrent_requests() {
 }
 
 #[tokio::test]
+async fn v1_max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let up = Upstream::http().await;
+    up.fake.delay_ms.store(100, Ordering::SeqCst);
+    let gateway = Gateway::builder(&up.v1_app("  max_concurrent_devices: 2\n"))
+        .start()
+        .await;
+    let keys: Vec<String> = (0..8).map(|n| key(&format!("f{n}"))).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (status, answer) = gateway.notify(notification(&refs)).await;
+    assert_eq!((status, rejected(&answer)), (200, vec![]));
+    assert_eq!(up.fake.fcm_requests().len(), 8);
+    assert_eq!(
+        up.fake.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "max_connections is 20: the device bound is what holds"
+    );
+}
+
+#[tokio::test]
 async fn v1_synapse_bodies() {
     let up = Upstream::http().await;
     let app = up.v1_app("").replace(APP, "com.example.e2e");
@@ -312,8 +331,8 @@ async fn v1_synapse_bodies() {
     let requests = up.fake.fcm_requests();
     assert_eq!(
         requests.len(),
-        2,
-        "the badge-only update with unread 0 is not sent"
+        3,
+        "the badge-only update with unread 0 is sent: it clears the badge"
     );
     assert_eq!(
         requests[0].body["message"]["data"],
@@ -331,6 +350,12 @@ async fn v1_synapse_bodies() {
             "event_id": "$jFlYVIFuitEfqDRKzev7eCM4XCBkL-nQ0gYwflh3wZ8",
             "room_id": "!_3Zl3QKyURPMqBx2_W6qGIhtj-A3NzqUERzZPwkwRmc",
             "prio": "high", "unread": "2",
+        }})
+    );
+    assert_eq!(
+        requests[2].body["message"],
+        json!({"token": "key-badge", "android": {"priority": "high"}, "data": {
+            "sender": "", "prio": "high", "unread": "0",
         }})
     );
 }

@@ -4,7 +4,8 @@
 //! OpenSSL, no C build), the public roots plus whatever the host adds (`SSL_CERT_FILE`), the
 //! host's CONNECT proxy, optional client certificates, no redirects, and bounded waits.
 //! [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
-//! `Retry-After`).
+//! `Retry-After`); [`Sender`] sends one request with it and classifies the answer; [`endpoint`]
+//! guards client-given endpoints (UnifiedPush, WebPush) against reaching private networks.
 
 use crate::{HostInfo, PushError};
 use rustls_pki_types::pem::PemObject;
@@ -14,6 +15,12 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use reqwest;
+
+pub mod endpoint;
+mod send;
+
+pub use endpoint::{Allowlist, EndpointGuard, Refusal};
+pub use send::{default_verdict, Answer, Sender, Verdict};
 
 /// How an HTTP pushkin wants its client built.
 #[derive(Debug, Clone)]

@@ -1,0 +1,192 @@
+use super::*;
+use crate::testing::{notification_json, synapse_notifications};
+use crate::Notification;
+use proptest::prelude::*;
+
+fn refused(json: &str) -> Invalid {
+    match notification(json) {
+        Err(invalid) => invalid,
+        Ok(_) => panic!("accepted: {json}"),
+    }
+}
+
+/// Parses `json` as the SDK would after the host routed all its devices to one app.
+fn sdk_parse(json: &str, checked: &Checked<'_>) -> Result<Notification, String> {
+    let raws: Vec<&str> = checked.devices.iter().map(|d| d.raw.get()).collect();
+    Notification::from_dispatch_json(json, &format!("[{}]", raws.join(",")))
+}
+
+fn with_content(content: &str) -> String {
+    format!(r#"{{"content":{content},"devices":[{{"app_id":"a","pushkey":"k"}}]}}"#)
+}
+
+fn nested(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn synapse_notifications_are_valid_and_parse() {
+    for n in synapse_notifications() {
+        let json = n.to_string();
+        let checked = notification(&json).unwrap();
+        assert_eq!(checked.devices.len(), 1);
+        assert_eq!(checked.devices[0].app_id, "com.example.e2e");
+        sdk_parse(&json, &checked).unwrap();
+    }
+}
+
+#[test]
+fn nesting_is_limited_everywhere() {
+    // The notification is level 1 and content level 2: an array inside may add MAX_DEPTH - 2.
+    let deepest = with_content(&format!(r#"{{"a":{}}}"#, nested(MAX_DEPTH - 2)));
+    let checked = notification(&deepest).unwrap();
+    sdk_parse(&deepest, &checked).unwrap();
+    let too_deep = with_content(&format!(r#"{{"a":{}}}"#, nested(MAX_DEPTH - 1)));
+    let invalid = refused(&too_deep);
+    assert!(
+        invalid.path.starts_with("notification.content.a[0][0]"),
+        "{invalid}"
+    );
+    assert!(
+        invalid.reason.contains("nested deeper than 64"),
+        "{invalid}"
+    );
+    // The issue's 10,000 levels, in content, in device data and in an unknown field.
+    let deep = nested(10_000);
+    assert!(refused(&with_content(&format!(r#"{{"x":{deep}}}"#)))
+        .reason
+        .contains("nested"));
+    let in_data =
+        format!(r#"{{"devices":[{{"app_id":"a","pushkey":"k","data":{{"x":{deep}}}}}]}}"#);
+    assert!(refused(&in_data)
+        .path
+        .starts_with("notification.devices[0].data.x"));
+    let unknown = format!(r#"{{"future":{deep},"devices":[{{"app_id":"a","pushkey":"k"}}]}}"#);
+    assert!(refused(&unknown).path.starts_with("notification.future"));
+}
+
+#[test]
+fn numbers_must_fit_a_float() {
+    for bad in ["1e400", "-1e400", "123e99999"] {
+        let invalid = refused(&with_content(&format!(r#"{{"n":{bad}}}"#)));
+        assert_eq!(invalid.path, "notification.content.n", "{bad}");
+        assert!(invalid.reason.contains("number out of range"), "{invalid}");
+    }
+    let unknown = r#"{"x":[1,1e400],"devices":[{"app_id":"a","pushkey":"k"}]}"#;
+    assert_eq!(refused(unknown).path, "notification.x[1]");
+    let counts =
+        r#"{"counts":{"unread":1,"future":1e400},"devices":[{"app_id":"a","pushkey":"k"}]}"#;
+    assert_eq!(refused(counts).path, "notification.counts.future");
+    // Underflow and huge integers are fine: they become 0.0 and a float.
+    for fine in ["1e-400", "123456789012345678901234567890", "-0.0"] {
+        let json = with_content(&format!(r#"{{"n":{fine}}}"#));
+        let checked = notification(&json).unwrap();
+        sdk_parse(&json, &checked).unwrap();
+    }
+}
+
+#[test]
+fn strings_must_be_valid_unicode() {
+    let invalid = refused(&with_content(r#"{"body":"\ud800"}"#));
+    assert_eq!(invalid.path, "notification.content.body");
+    let in_key = refused(&with_content(r#"{"\udc00":1}"#));
+    assert_eq!(in_key.path, "notification.content");
+    let pushkey = r#"{"devices":[{"app_id":"a","pushkey":"k\ud800"}]}"#;
+    assert!(refused(pushkey).path.starts_with("notification.devices[0]"));
+    // A surrogate pair is a character.
+    let json = with_content(r#"{"body":"\ud83d\ude00 \u00e9"}"#);
+    let checked = notification(&json).unwrap();
+    let parsed = sdk_parse(&json, &checked).unwrap();
+    assert_eq!(parsed.content.unwrap()["body"], "😀 é");
+}
+
+#[test]
+fn known_fields_are_typed_and_reported_by_path() {
+    let cases = [
+        (r#"{}"#, "notification.devices: missing"),
+        (
+            r#"{"devices":[]}"#,
+            "notification.devices: must not be empty",
+        ),
+        (
+            r#"{"devices":[{"pushkey":"k"}]}"#,
+            "notification.devices[0]: missing field `app_id`",
+        ),
+    ];
+    for (json, expected) in cases {
+        assert!(refused(json).to_string().starts_with(expected), "{json}");
+    }
+    for (json, path) in [
+        (r#"{"devices":{}}"#, "notification.devices"),
+        (
+            r#"{"devices":[{"app_id":"a","pushkey":5}]}"#,
+            "notification.devices[0].pushkey",
+        ),
+        (
+            r#"{"devices":[{"app_id":"a","pushkey":"k","data":[]}]}"#,
+            "notification.devices[0].data",
+        ),
+        (
+            r#"{"devices":[{"app_id":"a","pushkey":"k","pushkey_ts":1.5}]}"#,
+            "notification.devices[0].pushkey_ts",
+        ),
+        (
+            r#"{"devices":[{"app_id":"a","pushkey":"k","tweaks":{"sound":1}}]}"#,
+            "notification.devices[0].tweaks.sound",
+        ),
+        (
+            r#"{"counts":{"unread":"2"},"devices":[{"app_id":"a","pushkey":"k"}]}"#,
+            "notification.counts.unread",
+        ),
+        (
+            r#"{"counts":{"unread":-1},"devices":[{"app_id":"a","pushkey":"k"}]}"#,
+            "notification.counts.unread",
+        ),
+        (
+            r#"{"content":"x","devices":[{"app_id":"a","pushkey":"k"}]}"#,
+            "notification.content",
+        ),
+        (
+            r#"{"user_is_target":"yes","devices":[{"app_id":"a","pushkey":"k"}]}"#,
+            "notification.user_is_target",
+        ),
+    ] {
+        assert_eq!(refused(json).path, path, "{json}");
+    }
+    // A known field twice is refused (the SDK's parse refuses it too).
+    let twice = r#"{"event_id":"$a","event_id":"$b","devices":[{"app_id":"a","pushkey":"k"}]}"#;
+    assert!(refused(twice).reason.contains("duplicate field"));
+}
+
+#[test]
+fn nulls_unknown_fields_and_escaped_names_are_accepted() {
+    let json = r#"{"type":null,"counts":null,"content":null,"future":{"a":[1,"x",null]},
+        "ev\u0065nt_id":"$e","devices":[{"app_id":"a\u0062","pushkey":"k","data":null,
+        "tweaks":null,"more":true}]}"#;
+    let checked = notification(json).unwrap();
+    assert_eq!(checked.devices[0].app_id, "ab");
+    let parsed = sdk_parse(json, &checked).unwrap();
+    assert_eq!(parsed.event_id.as_deref(), Some("$e"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// One definition: whatever the check accepts, the SDK parses; whatever it refuses comes
+    /// with a path and a reason.
+    #[test]
+    fn accepted_notifications_parse_in_the_sdk(json in notification_json()) {
+        match notification(&json) {
+            Ok(checked) => {
+                prop_assert!(!checked.devices.is_empty());
+                if let Err(err) = sdk_parse(&json, &checked) {
+                    return Err(TestCaseError::fail(format!("accepted, yet the SDK says {err}: {json}")));
+                }
+            }
+            Err(invalid) => {
+                prop_assert!(invalid.path.starts_with("notification"), "{}", invalid);
+                prop_assert!(!invalid.reason.is_empty());
+            }
+        }
+    }
+}
