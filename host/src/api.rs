@@ -5,6 +5,7 @@ use crate::dedup::Dedup;
 use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
+use crate::server::BodyRefused;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -88,7 +89,7 @@ impl CoreMetrics {
                 .series(name, help, kind, labels)
                 .ok_or_else(|| format!("metric {name} registered with another type"))
         };
-        let by_code = [200u16, 400, 413, 500, 502]
+        let by_code = [200u16, 400, 408, 413, 500, 502, 503]
             .into_iter()
             .map(|code| {
                 let labels = label("code", &code.to_string());
@@ -174,6 +175,15 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer to a body over [`MAX_BODY_BYTES`].
+pub fn payload_too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+        "request body too large",
+    )
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -217,6 +227,21 @@ async fn notify(
     response
 }
 
+/// The answer to a body that could not be read: too slow (408), no memory for it now (503),
+/// or what axum found wrong.
+fn unreadable_body(rejection: &BytesRejection) -> Response {
+    let (status, reason) = match crate::server::refusal(rejection) {
+        Some(BodyRefused::Timeout) => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+        Some(BodyRefused::Memory) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies being received; retry later",
+        ),
+        None => return error(rejection.status(), "M_UNKNOWN", &rejection.body_text()),
+    };
+    tracing::info!(%reason, "request body refused");
+    error(status, "M_UNKNOWN", reason)
+}
+
 async fn handle_notify(
     state: &AppState,
     request_id: &str,
@@ -227,15 +252,9 @@ async fn handle_notify(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             tracing::warn!("request body over {MAX_BODY_BYTES} bytes refused");
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "M_TOO_LARGE",
-                "request body too large",
-            );
+            return payload_too_large();
         }
-        Err(rejection) => {
-            return error(rejection.status(), "M_UNKNOWN", &rejection.body_text());
-        }
+        Err(rejection) => return unreadable_body(&rejection),
     };
     state.metrics.received.inc();
     let parsed = match parse(&body) {

@@ -105,6 +105,20 @@ pub struct HttpConfig {
     pub port: u16,
     /// Added: seconds to let in-flight requests finish on SIGTERM/SIGINT.
     pub shutdown_timeout: f64,
+    /// Added: seconds a client gets to send a request's headers, counted from the connection's
+    /// start (first request) or from the first byte of the request (later ones).
+    pub header_timeout: f64,
+    /// Added: seconds a client gets to send a whole request body, counted from its headers.
+    pub body_timeout: f64,
+    /// Added: seconds a keep-alive connection may stay idle between requests.
+    pub idle_timeout: f64,
+    /// Added: open client connections beyond which new ones are refused.
+    pub max_connections: usize,
+    /// Added: bytes that request bodies being received may take together, beyond the first
+    /// 64 KiB of each.
+    pub body_buffer_bytes: usize,
+    /// Added: seconds a new process started by SIGUSR2 gets to become ready.
+    pub upgrade_timeout: f64,
     /// Added: seconds one /notify may take to dispatch, waiting for connection slots and
     /// retries included; past it the work is cancelled and the answer is 502.
     pub notify_timeout: f64,
@@ -122,6 +136,14 @@ impl Default for HttpConfig {
             bind_addresses: vec!["::1".to_owned(), "127.0.0.1".to_owned()],
             port: 5000,
             shutdown_timeout: 10.0,
+            header_timeout: 10.0,
+            body_timeout: 30.0,
+            // Above Synapse's 120 s pool timeout, so the homeserver closes idle connections
+            // first and never sends a push on a connection being closed.
+            idle_timeout: 180.0,
+            max_connections: 2048,
+            body_buffer_bytes: 64 * 1024 * 1024,
+            upgrade_timeout: 60.0,
             notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
         }
     }
@@ -317,8 +339,29 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
             format!("http.bind_addresses.{index}: `{address}` is not an IP address")
         })?;
     }
-    if !config.http.shutdown_timeout.is_finite() || config.http.shutdown_timeout < 0.0 {
-        return Err("http.shutdown_timeout: must be a non-negative number of seconds".to_owned());
+    // Past a year a timeout is a mistake, and Duration::from_secs_f64 would panic on it.
+    const YEAR: f64 = 31_536_000.0;
+    let shutdown = config.http.shutdown_timeout;
+    if !shutdown.is_finite() || !(0.0..=YEAR).contains(&shutdown) {
+        return Err(
+            "http.shutdown_timeout: must be a non-negative number of seconds (at most a year)"
+                .to_owned(),
+        );
+    }
+    for (key, seconds) in [
+        ("header_timeout", config.http.header_timeout),
+        ("body_timeout", config.http.body_timeout),
+        ("idle_timeout", config.http.idle_timeout),
+        ("upgrade_timeout", config.http.upgrade_timeout),
+    ] {
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > YEAR {
+            return Err(format!(
+                "http.{key}: must be a positive number of seconds (at most a year)"
+            ));
+        }
+    }
+    if config.http.max_connections == 0 {
+        return Err("http.max_connections: must be at least 1".to_owned());
     }
     let notify_timeout = config.http.notify_timeout;
     if !notify_timeout.is_finite() || notify_timeout <= 0.0 || notify_timeout > 86_400.0 {
@@ -561,6 +604,27 @@ apps:
         }
         let loaded = parse("http:\n  notify_timeout: 2.5\napps:\n  a:\n    type: x\n").unwrap();
         assert_eq!(loaded.config.http.notify_timeout, 2.5);
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let with = |http: &str| parse(&format!("http:\n{http}\napps:\n  a:\n    type: x\n"));
+        let loaded = with("  header_timeout: 2.5\n  max_connections: 7").unwrap();
+        assert_eq!(loaded.config.http.header_timeout, 2.5);
+        assert_eq!(loaded.config.http.max_connections, 7);
+        assert_eq!(loaded.config.http.idle_timeout, 180.0);
+        for (http, key) in [
+            ("  header_timeout: 0", "http.header_timeout:"),
+            ("  body_timeout: -1", "http.body_timeout:"),
+            ("  idle_timeout: .inf", "http.idle_timeout:"),
+            ("  upgrade_timeout: 1e300", "http.upgrade_timeout:"),
+            ("  shutdown_timeout: 1e300", "http.shutdown_timeout:"),
+            ("  max_connections: 0", "http.max_connections:"),
+            ("  body_buffer_bytes: -5", "http.body_buffer_bytes:"),
+        ] {
+            let err = with(http).unwrap_err();
+            assert!(err.starts_with(key), "{http}: {err}");
+        }
     }
 
     #[test]

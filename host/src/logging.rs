@@ -1,9 +1,8 @@
 //! The host's logger, and the sink plugins forward their log records to.
 
 use crate::config::{dictconfig_file, dictconfig_level, LogConfig};
+use crate::log_file::LogFile;
 use abi_stable::std_types::RStr;
-use std::fs::OpenOptions;
-use std::sync::Arc;
 use sygnal_plugin_api::abi::LogLevel;
 use tracing::level_filters::LevelFilter;
 
@@ -28,12 +27,9 @@ pub fn init(config: &LogConfig) -> Result<LevelFilter, String> {
         .with_thread_ids(false);
     let result = match (file, json) {
         (Some(path), json) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+            let file = LogFile::install(&path)
                 .map_err(|err| format!("log file {}: {err}", path.display()))?;
-            let builder = builder.with_ansi(false).with_writer(Arc::new(file));
+            let builder = builder.with_ansi(false).with_writer(file);
             if json {
                 builder.json().try_init()
             } else {

@@ -2,7 +2,9 @@
 //!
 //! The host reads top-down: [`config`] -> plugin [`registry`] (loading private [`snapshot`]s of
 //! libraries) -> [`apps`] (the routing table, built a [`generation`] at a time) -> [`api`]
-//! (HTTP) -> [`dispatch`] -> the response. [`reload`] rebuilds the table on SIGHUP.
+//! (HTTP) -> [`dispatch`] -> the response. [`reload`] rebuilds the table on SIGHUP. Around
+//! them, [`lifecycle`] runs the process: [`listeners`], the HTTP [`server`], signals, binary
+//! [`upgrade`]s, [`systemd`].
 
 mod api;
 mod apps;
@@ -13,6 +15,9 @@ mod dedup;
 mod dispatch;
 mod generation;
 mod health;
+mod lifecycle;
+mod listeners;
+mod log_file;
 mod logging;
 mod metrics;
 mod notify;
@@ -21,19 +26,20 @@ mod process_metrics;
 mod registry;
 mod reload;
 mod sentry;
+mod server;
 mod snapshot;
+mod sys;
+mod systemd;
+mod upgrade;
 mod yaml;
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const USAGE: &str = "\
-usage: sygnal [--config PATH] [COMMAND]
+usage: sygnal [--config PATH] [--pid-file PATH] [COMMAND]
 
 Commands:
   serve     run the push gateway (default)
@@ -44,7 +50,9 @@ Commands:
   plugins   list the plugin libraries in the search path and the library serving each app
   health    exit 0 if the configured listener's GET /health answers 200 (container health checks)
 
-The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.";
+The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.
+--pid-file PATH: `serve` writes its process id there once it serves (a binary upgrade
+rewrites it with the new process's id).";
 
 enum Command {
     Serve,
@@ -56,12 +64,14 @@ enum Command {
 struct Args {
     config: Option<PathBuf>,
     against: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
     command: Command,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut config = None;
     let mut against = None;
+    let mut pid_file = None;
     let mut command = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
@@ -83,6 +93,13 @@ fn parse_args() -> Result<Option<Args>, String> {
                 let path = args.next().ok_or("--against needs a path")?;
                 against = Some(PathBuf::from(path));
             }
+            "--pid-file" => {
+                let path = args.next().ok_or("--pid-file needs a path")?;
+                pid_file = Some(PathBuf::from(path));
+            }
+            _ if arg.starts_with("--pid-file=") => {
+                pid_file = Some(PathBuf::from(&arg["--pid-file=".len()..]));
+            }
             "serve" | "check" | "plugins" | "health" if command.is_none() => {
                 command = Some(match arg.as_str() {
                     "serve" => Command::Serve,
@@ -98,9 +115,13 @@ fn parse_args() -> Result<Option<Args>, String> {
     if against.is_some() && !matches!(command, Command::Check) {
         return Err("--against goes with `check`".to_owned());
     }
+    if pid_file.is_some() && !matches!(command, Command::Serve) {
+        return Err("--pid-file goes with `serve`".to_owned());
+    }
     Ok(Some(Args {
         config,
         against,
+        pid_file,
         command,
     }))
 }
@@ -121,7 +142,7 @@ fn main() -> ExitCode {
         Command::Plugins => commands::plugins(args.config),
         Command::Check => commands::check(args.config, args.against),
         Command::Health => health::check(args.config),
-        Command::Serve => serve(args.config),
+        Command::Serve => serve(args.config, args.pid_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,7 +216,9 @@ fn open_registry(plugins: &config::PluginsConfig) -> Result<registry::PluginRegi
     ))
 }
 
-fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
+fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), String> {
+    // First, while the process has one thread: it takes variables out of the environment.
+    let startup = lifecycle::Startup::take(pid_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores())
         .thread_name("sygnal")
@@ -204,34 +227,13 @@ fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
         .map_err(|err| format!("cannot start the runtime: {err}"))?;
     let started = start(config_path)?;
     let plugins = Arc::clone(&started.plugins);
-    let result = runtime.block_on(run(started));
+    let result = runtime.block_on(run(started, startup));
     plugins.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, String> {
-    let mut listeners = Vec::new();
-    let mut errors = Vec::new();
-    for address in addresses {
-        let ip: IpAddr = address
-            .parse()
-            .map_err(|_| format!("`{address}` is not an IP address"))?;
-        match TcpListener::bind(SocketAddr::new(ip, port)).await {
-            Ok(listener) => listeners.push(listener),
-            Err(err) => errors.push(format!("{address}:{port}: {err}")),
-        }
-    }
-    if listeners.is_empty() {
-        return Err(format!("cannot listen: {}", errors.join("; ")));
-    }
-    for err in errors {
-        tracing::warn!("cannot listen on {err}; serving on the other addresses");
-    }
-    Ok(listeners)
-}
-
-async fn run(started: Started) -> Result<(), String> {
+async fn run(started: Started, startup: lifecycle::Startup) -> Result<(), String> {
     let notify_timeout = Duration::from_secs_f64(started.loaded.config.http.notify_timeout);
     let state = Arc::new(
         api::AppState::new(started.table)?
@@ -254,84 +256,5 @@ async fn run(started: Started) -> Result<(), String> {
         )
         .map_err(|err| format!("metrics.sentry: {err}"))?;
     }
-    let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let local = listener.local_addr().map_err(|err| err.to_string())?;
-        tracing::info!(address = %local, "push gateway listening");
-        let router = api::router(Arc::clone(&state));
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-    }
-    if config.metrics.prometheus.enabled {
-        let prometheus = &config.metrics.prometheus;
-        let listeners = bind(std::slice::from_ref(&prometheus.address), prometheus.port)
-            .await
-            .map_err(|err| format!("metrics.prometheus: {err}"))?;
-        for listener in listeners {
-            tracing::info!(address = ?listener.local_addr().ok(), "prometheus metrics listening");
-            let mut stop = stop_rx.clone();
-            // Metrics outlive nothing: they stop with the API listeners.
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, api::metrics_router())
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-            });
-        }
-    }
-
-    wait_for_signal(&reloader).await?;
-    tracing::info!("shutting down: no new requests, finishing those in flight");
-    let _ = stop_tx.send(true);
-    let grace = Duration::from_secs_f64(config.http.shutdown_timeout);
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(result) = servers.join_next().await {
-            if let Ok(Err(err)) = result {
-                tracing::warn!(error = %err, "listener error during shutdown");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            seconds = grace.as_secs_f64(),
-            "in-flight requests did not finish in time; exiting anyway"
-        );
-    }
-    // Close every pushkin before the libraries' runtimes stop.
-    state.apps.store(Arc::new(apps::AppTable::default()));
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal(reloader: &Arc<reload::Reloader>) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|err| err.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|err| err.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|err| err.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM received");
-                return Ok(());
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT received");
-                return Ok(());
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received");
-                drop(reloader.reload().await);
-            }
-        }
-    }
+    lifecycle::run(config, state, reloader, startup).await
 }

@@ -7,6 +7,7 @@
 pub mod gateway;
 pub mod load;
 pub mod out_of_tree;
+pub mod process;
 pub mod prometheus;
 pub mod proxy;
 pub mod python;

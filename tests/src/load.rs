@@ -2,7 +2,7 @@
 //! answer recorded, so a test can check that nothing failed while it changed things.
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -32,6 +32,7 @@ impl Answer {
 /// Clients posting to `/_matrix/push/v1/notify` in a loop.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
     clients: Vec<JoinHandle<Vec<Answer>>>,
 }
 
@@ -48,12 +49,14 @@ impl Load {
         body: impl Fn(usize, u64) -> Value + Send + Sync + 'static,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
         let body = Arc::new(body);
         let url = format!("{base_url}/_matrix/push/v1/notify");
         let deadline = Instant::now() + MAX_DURATION;
         let clients = (0..clients)
             .map(|client| {
                 let (stop, body, url) = (Arc::clone(&stop), Arc::clone(&body), url.clone());
+                let ok = Arc::clone(&ok);
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder()
                         .no_proxy()
@@ -82,6 +85,9 @@ impl Load {
                             }
                             Err(err) => (Err(format!("{err:?}")), Vec::new()),
                         };
+                        if status == Ok(200) {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
                         answers.push(Answer {
                             client,
                             sent,
@@ -96,7 +102,25 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, clients }
+        Load { stop, ok, clients }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` further requests were answered 200 (false on timeout).
+    pub async fn wait_for_more(&self, more: usize, timeout: Duration) -> bool {
+        let target = self.ok() + more;
+        let deadline = Instant::now() + timeout;
+        while self.ok() < target {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Stops the clients and returns every answer, in no particular order.
