@@ -1,9 +1,11 @@
 //! The HTTP API: `POST /_matrix/push/v1/notify`, `GET /health`, and the spec's error rules.
 
 use crate::apps::AppTable;
-use crate::dispatch::{dispatch, Failure};
+use crate::dedup::Dedup;
+use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
+use crate::server::BodyRefused;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -26,6 +28,7 @@ const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 pub struct AppState {
     /// The app table; swapped whole on reload.
     pub apps: ArcSwap<AppTable>,
+    dedup: Dedup,
     metrics: CoreMetrics,
     request_ids: AtomicU64,
     instance: u32,
@@ -42,11 +45,18 @@ impl AppState {
             .unwrap_or(0);
         Ok(AppState {
             apps: ArcSwap::from_pointee(apps),
+            dedup: Dedup::default(),
             metrics: CoreMetrics::new()?,
             request_ids: AtomicU64::new(0),
             instance: nanos ^ std::process::id().rotate_left(16),
             notify_timeout: Duration::from_secs_f64(crate::config::DEFAULT_NOTIFY_TIMEOUT),
         })
+    }
+
+    /// Suppresses duplicate notifications with `dedup` (off by default).
+    pub fn with_dedup(mut self, dedup: Dedup) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     /// Bounds each /notify's dispatch by `timeout` (`http.notify_timeout`).
@@ -79,7 +89,7 @@ impl CoreMetrics {
                 .series(name, help, kind, labels)
                 .ok_or_else(|| format!("metric {name} registered with another type"))
         };
-        let by_code = [200u16, 400, 413, 500, 502]
+        let by_code = [200u16, 400, 408, 413, 500, 502, 503]
             .into_iter()
             .map(|code| {
                 let labels = label("code", &code.to_string());
@@ -165,6 +175,15 @@ fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer to a body over [`MAX_BODY_BYTES`].
+pub fn payload_too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+        "request body too large",
+    )
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -208,6 +227,21 @@ async fn notify(
     response
 }
 
+/// The answer to a body that could not be read: too slow (408), no memory for it now (503),
+/// or what axum found wrong.
+fn unreadable_body(rejection: &BytesRejection) -> Response {
+    let (status, reason) = match crate::server::refusal(rejection) {
+        Some(BodyRefused::Timeout) => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+        Some(BodyRefused::Memory) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies being received; retry later",
+        ),
+        None => return error(rejection.status(), "M_UNKNOWN", &rejection.body_text()),
+    };
+    tracing::info!(%reason, "request body refused");
+    error(status, "M_UNKNOWN", reason)
+}
+
 async fn handle_notify(
     state: &AppState,
     request_id: &str,
@@ -218,15 +252,9 @@ async fn handle_notify(
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             tracing::warn!("request body over {MAX_BODY_BYTES} bytes refused");
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "M_TOO_LARGE",
-                "request body too large",
-            );
+            return payload_too_large();
         }
-        Err(rejection) => {
-            return error(rejection.status(), "M_UNKNOWN", &rejection.body_text());
-        }
+        Err(rejection) => return unreadable_body(&rejection),
     };
     state.metrics.received.inc();
     let parsed = match parse(&body) {
@@ -244,8 +272,11 @@ async fn handle_notify(
         .metrics
         .devices_received
         .add(parsed.devices.len() as f64);
-    let table = state.apps.load_full();
-    match dispatch(&table, request_id, &parsed, deadline).await {
+    match state
+        .dedup
+        .dispatch(state.apps.load_full(), request_id, &parsed, deadline)
+        .await
+    {
         Ok(rejected) => {
             tracing::debug!(
                 devices = parsed.devices.len(),
@@ -283,7 +314,11 @@ pub fn metrics_router() -> Router {
                     header::CONTENT_TYPE,
                     "text/plain; version=0.0.4; charset=utf-8",
                 )],
-                registry().render(),
+                {
+                    let mut text = registry().render();
+                    crate::process_metrics::render(&mut text);
+                    text
+                },
             )
         }),
     )

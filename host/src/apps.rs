@@ -6,7 +6,8 @@
 
 use crate::config::AppConfig;
 use crate::metrics::{label, registry, Kind, Series};
-use crate::registry::{PluginLibrary, PluginRegistry};
+use crate::registry::Resolved;
+use crate::snapshot::Sha256;
 use abi_stable::std_types::{RResult, RStr};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,48 @@ pub struct App {
     pub devices_sent: Arc<Series>,
     /// `sygnal_inflight_request_limit_drop{pushkin}`: dispatches refused by the in-flight limit.
     pub inflight_drops: Arc<Series>,
-    library: Arc<PluginLibrary>,
+    /// `sygnal_pushkin_dispatch_time{pushkin}`: how long this app's dispatches take.
+    pub dispatch_time: Arc<Series>,
+    source: AppSource,
+}
+
+/// Everything an app instance is built from. A reload keeps an instance whose source is
+/// unchanged, with its connections and provider tokens.
+#[derive(Clone)]
+pub struct AppSource {
+    /// The library serving the app.
+    pub library: Resolved,
+    /// The app's config section, as canonical JSON.
+    pub section: String,
+    /// The host-level inputs every pushkin gets (proxy, extra trust roots, ...).
+    pub host: Sha256,
+    /// The content of the files the section names (keys, certificates, service accounts).
+    pub files: Sha256,
+}
+
+impl AppSource {
+    /// What differs between two sources, for the operator ("config", "library", ...).
+    pub fn differences(&self, other: &AppSource) -> Vec<&'static str> {
+        let mut differences = Vec::new();
+        if self.section != other.section {
+            differences.push("config");
+        }
+        if self.library.library.sha256 != other.library.library.sha256 {
+            differences.push("library");
+        }
+        if self.host != other.host {
+            differences.push("host settings");
+        }
+        if self.files != other.files {
+            differences.push("files");
+        }
+        differences
+    }
+
+    /// `kind version sha256:... path` of the library, for logs and listings.
+    pub fn describe_library(&self) -> String {
+        self.library.describe()
+    }
 }
 
 impl App {
@@ -42,9 +84,9 @@ impl App {
         Some(InflightGuard(Arc::clone(self)))
     }
 
-    /// The library serving this app.
-    pub fn library(&self) -> &Arc<PluginLibrary> {
-        &self.library
+    /// What this instance was built from.
+    pub fn source(&self) -> &AppSource {
+        &self.source
     }
 }
 
@@ -94,38 +136,56 @@ impl AppTable {
     pub fn apps(&self) -> impl Iterator<Item = &Arc<App>> {
         self.exact.values().chain(self.patterns.iter())
     }
+
+    /// A table of `apps`, given in config order.
+    pub fn new(apps: Vec<Arc<App>>) -> Self {
+        let mut table = AppTable::default();
+        for app in apps {
+            if table.notify_get_response.is_none() {
+                table.notify_get_response =
+                    app.source.library.library.info.notify_get_response.clone();
+            }
+            if is_pattern(&app.id) {
+                table.patterns.push(app);
+            } else {
+                table.exact.insert(app.id.clone(), app);
+            }
+        }
+        table
+    }
 }
 
-/// Builds every app's pushkin. The first failure is returned, naming the app.
-pub fn build(
-    apps: &[AppConfig],
-    plugins: &PluginRegistry,
+/// Calls the library's constructor for one app. The error names the app's config key.
+pub fn construct(
+    config: &AppConfig,
+    source: &AppSource,
     host: &HostCtx,
-) -> Result<AppTable, String> {
-    let mut table = AppTable::default();
-    for config in apps {
-        let library = plugins
-            .resolve(&config.plugin_type)
-            .map_err(|err| format!("apps.{}.type: {err}", config.app_id))?;
-        let section = serde_json::to_string(&config.section)
-            .map_err(|err| format!("apps.{}: {err}", config.app_id))?;
-        let pushkin = match library.module.new()(
-            host.clone(),
-            RStr::from_str(&config.app_id),
-            RStr::from_str(&section),
-        ) {
-            RResult::ROk(pushkin) => pushkin,
-            RResult::RErr(err) if err.starts_with("apps.") => return Err(err.into()),
-            RResult::RErr(err) => return Err(format!("apps.{}: {err}", config.app_id)),
-        };
-        if table.notify_get_response.is_none() {
-            table.notify_get_response = library.info.notify_get_response.clone();
-        }
+) -> Result<PushkinBox, String> {
+    let library = &source.library.library;
+    match library.module.new()(
+        host.clone(),
+        RStr::from_str(&config.app_id),
+        RStr::from_str(&source.section),
+    ) {
+        RResult::ROk(pushkin) => Ok(pushkin),
+        RResult::RErr(err) if err.starts_with("apps.") => Err(err.into()),
+        RResult::RErr(err) => Err(format!("apps.{}: {err}", config.app_id)),
+    }
+}
+
+impl App {
+    /// Wraps a constructed pushkin, resolving its metric series.
+    pub fn new(
+        config: &AppConfig,
+        pushkin: PushkinBox,
+        source: AppSource,
+    ) -> Result<Arc<App>, String> {
         let labels = label("pushkin", &config.app_id);
         let metrics = registry();
-        let app = Arc::new(App {
+        metrics.restore_app(&config.app_id);
+        Ok(Arc::new(App {
             id: config.app_id.clone(),
-            kind: library.kind.clone(),
+            kind: source.library.library.kind.clone(),
             pushkin,
             inflight: AtomicUsize::new(0),
             inflight_limit: config.inflight_request_limit,
@@ -145,15 +205,17 @@ pub fn build(
                     &labels,
                 )
                 .ok_or("metric sygnal_inflight_request_limit_drop has the wrong type")?,
-            library,
-        });
-        if is_pattern(&config.app_id) {
-            table.patterns.push(app);
-        } else {
-            table.exact.insert(config.app_id.clone(), app);
-        }
+            dispatch_time: metrics
+                .series(
+                    "sygnal_pushkin_dispatch_time",
+                    "Time taken by each app's pushkin to dispatch one notification",
+                    Kind::Histogram,
+                    &labels,
+                )
+                .ok_or("metric sygnal_pushkin_dispatch_time has the wrong type")?,
+            source,
+        }))
     }
-    Ok(table)
 }
 
 fn is_pattern(app_id: &str) -> bool {

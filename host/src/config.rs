@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use sygnal_plugin_api::lenient::{self, Lenient};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,6 +27,48 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// The apps, by app id (or glob pattern over app ids).
     pub apps: BTreeMap<String, serde_yaml::Value>,
+    /// Added: duplicate suppression.
+    pub dedup: DedupConfig,
+}
+
+/// `dedup` (added): answering a retried notification with the first attempt's outcome.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DedupConfig {
+    /// Suppress duplicates at all. Unset: only when `redis_url` is given. Off by default, as in
+    /// Sygnal: a single gateway answers well before a homeserver's own timeout, so retries of
+    /// delivered notifications are rare, and a repeated identical request stays a push.
+    pub enabled: Option<bool>,
+    /// Seconds an outcome is remembered.
+    pub window: f64,
+    /// Outcomes remembered in memory, at most (the oldest go first).
+    pub max_entries: usize,
+    /// Seconds a duplicate waits for the first attempt still in flight before answering 502.
+    pub wait_timeout: f64,
+    /// Redis (or Valkey) shared by the replicas: `redis://[[user]:password@]host[:port][/db]`.
+    pub redis_url: Option<String>,
+    /// Seconds each Redis command may take before the gateway delivers without it.
+    pub redis_timeout: f64,
+}
+
+impl DedupConfig {
+    /// Whether duplicates are suppressed: `enabled`, else whether replicas share a Redis.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(self.redis_url.is_some())
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: None,
+            window: 600.0,
+            max_entries: 100_000,
+            wait_timeout: 10.0,
+            redis_url: None,
+            redis_timeout: 0.5,
+        }
+    }
 }
 
 /// `log`.
@@ -62,6 +105,20 @@ pub struct HttpConfig {
     pub port: u16,
     /// Added: seconds to let in-flight requests finish on SIGTERM/SIGINT.
     pub shutdown_timeout: f64,
+    /// Added: seconds a client gets to send a request's headers, counted from the connection's
+    /// start (first request) or from the first byte of the request (later ones).
+    pub header_timeout: f64,
+    /// Added: seconds a client gets to send a whole request body, counted from its headers.
+    pub body_timeout: f64,
+    /// Added: seconds a keep-alive connection may stay idle between requests.
+    pub idle_timeout: f64,
+    /// Added: open client connections beyond which new ones are refused.
+    pub max_connections: usize,
+    /// Added: bytes that request bodies being received may take together, beyond the first
+    /// 64 KiB of each.
+    pub body_buffer_bytes: usize,
+    /// Added: seconds a new process started by SIGUSR2 gets to become ready.
+    pub upgrade_timeout: f64,
     /// Added: seconds one /notify may take to dispatch, waiting for connection slots and
     /// retries included; past it the work is cancelled and the answer is 502.
     pub notify_timeout: f64,
@@ -79,6 +136,14 @@ impl Default for HttpConfig {
             bind_addresses: vec!["::1".to_owned(), "127.0.0.1".to_owned()],
             port: 5000,
             shutdown_timeout: 10.0,
+            header_timeout: 10.0,
+            body_timeout: 30.0,
+            // Above Synapse's 120 s pool timeout, so the homeserver closes idle connections
+            // first and never sends a push on a connection being closed.
+            idle_timeout: 180.0,
+            max_connections: 2048,
+            body_buffer_bytes: 64 * 1024 * 1024,
+            upgrade_timeout: 60.0,
             notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
         }
     }
@@ -92,8 +157,34 @@ pub struct MetricsConfig {
     pub prometheus: PrometheusConfig,
     /// Accepted for compatibility; not supported yet.
     pub opentracing: Option<serde_yaml::Value>,
-    /// Accepted for compatibility; not supported yet.
-    pub sentry: Option<serde_yaml::Value>,
+    /// Error reports to Sentry.
+    pub sentry: SentryConfig,
+}
+
+/// `metrics.sentry`, as Sygnal has it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SentryConfig {
+    /// Report errors.
+    pub enabled: bool,
+    /// The project's DSN (`https://KEY@HOST/PROJECT`).
+    pub dsn: Option<String>,
+}
+
+impl SentryConfig {
+    /// The DSN to report to, when enabled.
+    pub fn dsn(&self) -> Result<Option<crate::sentry::Dsn>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let dsn = self
+            .dsn
+            .as_deref()
+            .ok_or("metrics.sentry.dsn: required when metrics.sentry.enabled is true")?;
+        crate::sentry::Dsn::parse(dsn)
+            .map(Some)
+            .map_err(|err| format!("metrics.sentry.dsn: {err}"))
+    }
 }
 
 /// `metrics.prometheus`.
@@ -119,13 +210,33 @@ impl Default for PrometheusConfig {
 }
 
 /// `plugins` (added).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct PluginsConfig {
-    /// Directories searched for plugin libraries after the executable's own directory.
+    /// Directories searched for plugin libraries after the executable's own directory
+    /// (relative ones against the config file's directory).
     pub dirs: Vec<PathBuf>,
     /// Worker threads for each plugin library's runtime (default: half the cores, at least 1).
     pub worker_threads: Option<usize>,
+    /// Where the private copies of loaded libraries go (see `snapshot.rs` for the default).
+    pub snapshot_dir: Option<PathBuf>,
+    /// Distinct library builds a process may load over its life (none is ever unloaded);
+    /// a reload that needs more fails and asks for a restart.
+    pub max_loaded_libraries: usize,
+}
+
+/// Default of `plugins.max_loaded_libraries`.
+pub const DEFAULT_MAX_LOADED_LIBRARIES: usize = 16;
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dirs: Vec::new(),
+            worker_threads: None,
+            snapshot_dir: None,
+            max_loaded_libraries: DEFAULT_MAX_LOADED_LIBRARIES,
+        }
+    }
 }
 
 /// One app, as the host needs it.
@@ -153,6 +264,11 @@ pub struct Loaded {
     pub apps: Vec<AppConfig>,
     /// Things worth a warning (unknown keys, unsupported sections), logged once logging is up.
     pub warnings: Vec<String>,
+    /// The file as parsed, before defaults: what a reload compares section by section.
+    pub raw: serde_yaml::Value,
+    /// The config file's directory: relative library paths (`type`, `plugins.dirs`,
+    /// `plugins.snapshot_dir`) are resolved against it.
+    pub base_dir: PathBuf,
 }
 
 /// Which file to read: `--config PATH`, else `SYGNAL_CONF`, else `./sygnal.yaml`.
@@ -166,23 +282,38 @@ pub fn config_path(cli_path: Option<PathBuf>) -> PathBuf {
 pub fn load(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config file {}: {err}", path.display()))?;
-    parse(&text)
+    let mut loaded = parse(&text)?;
+    let base_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let plugins = &mut loaded.config.plugins;
+    for dir in &mut plugins.dirs {
+        *dir = base_dir.join(&*dir);
+    }
+    if let Some(dir) = &mut plugins.snapshot_dir {
+        *dir = base_dir.join(&*dir);
+    }
+    loaded.base_dir = base_dir;
+    Ok(loaded)
 }
 
 /// Parses and validates config text.
 pub fn parse(text: &str) -> Result<Loaded, String> {
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
-    let value = match value {
+    let loaded =
+        crate::yaml::load(text).map_err(|err| format!("config is not valid YAML: {err}"))?;
+    let value = match loaded.value {
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         other => other,
     };
-    let mut warnings = Vec::new();
+    let mut warnings = loaded.warnings;
     let mut record = |path: serde_ignored::Path<'_>| {
         warnings.push(format!("unknown config key `{path}` ignored"));
     };
+    // Booleans and numbers as PyYAML reads them (`enabled: yes`, `port: "5000"`).
+    let lenient = Lenient::new(value.clone());
     let config: Config =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record))
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(lenient, &mut record))
             .map_err(|err| {
                 let key = err.path().to_string();
                 let key = if key == "." { "config".to_owned() } else { key };
@@ -194,6 +325,8 @@ pub fn parse(text: &str) -> Result<Loaded, String> {
         config,
         apps,
         warnings,
+        raw: value,
+        base_dir: PathBuf::from("."),
     })
 }
 
@@ -206,8 +339,29 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
             format!("http.bind_addresses.{index}: `{address}` is not an IP address")
         })?;
     }
-    if !config.http.shutdown_timeout.is_finite() || config.http.shutdown_timeout < 0.0 {
-        return Err("http.shutdown_timeout: must be a non-negative number of seconds".to_owned());
+    // Past a year a timeout is a mistake, and Duration::from_secs_f64 would panic on it.
+    const YEAR: f64 = 31_536_000.0;
+    let shutdown = config.http.shutdown_timeout;
+    if !shutdown.is_finite() || !(0.0..=YEAR).contains(&shutdown) {
+        return Err(
+            "http.shutdown_timeout: must be a non-negative number of seconds (at most a year)"
+                .to_owned(),
+        );
+    }
+    for (key, seconds) in [
+        ("header_timeout", config.http.header_timeout),
+        ("body_timeout", config.http.body_timeout),
+        ("idle_timeout", config.http.idle_timeout),
+        ("upgrade_timeout", config.http.upgrade_timeout),
+    ] {
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > YEAR {
+            return Err(format!(
+                "http.{key}: must be a positive number of seconds (at most a year)"
+            ));
+        }
+    }
+    if config.http.max_connections == 0 {
+        return Err("http.max_connections: must be at least 1".to_owned());
     }
     let notify_timeout = config.http.notify_timeout;
     if !notify_timeout.is_finite() || notify_timeout <= 0.0 || notify_timeout > 86_400.0 {
@@ -228,33 +382,55 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
                 )
             })?;
     }
-    for (section, value) in [
-        ("opentracing", &config.metrics.opentracing),
-        ("sentry", &config.metrics.sentry),
-    ] {
-        let enabled = value
-            .as_ref()
-            .and_then(|v| v.get("enabled"))
-            .and_then(serde_yaml::Value::as_bool)
-            .unwrap_or(false);
-        if enabled {
-            warnings.push(format!(
-                "metrics.{section} is not supported yet and is ignored"
-            ));
-        }
+    let opentracing_enabled = config
+        .metrics
+        .opentracing
+        .as_ref()
+        .and_then(|v| v.get("enabled"))
+        .is_some_and(yaml_bool);
+    if opentracing_enabled {
+        warnings.push("metrics.opentracing is not supported yet and is ignored".to_owned());
     }
+    config.metrics.sentry.dsn()?;
     if let Some(format) = &config.log.format {
         if format != "text" && format != "json" {
             return Err(format!("log.format: `{format}` is not one of text, json"));
         }
     }
+    validate_dedup(&config.dedup)?;
     if config.plugins.worker_threads == Some(0) {
         return Err("plugins.worker_threads: must be at least 1".to_owned());
+    }
+    if config.plugins.max_loaded_libraries == 0 {
+        return Err("plugins.max_loaded_libraries: must be at least 1".to_owned());
     }
     if let Some(proxy) = &config.proxy {
         if !proxy.starts_with("http://") && !proxy.starts_with("https://") {
             return Err("proxy: must be an http:// URL of a CONNECT proxy".to_owned());
         }
+    }
+    Ok(())
+}
+
+fn validate_dedup(dedup: &DedupConfig) -> Result<(), String> {
+    for (key, seconds) in [
+        ("window", dedup.window),
+        ("wait_timeout", dedup.wait_timeout),
+        ("redis_timeout", dedup.redis_timeout),
+    ] {
+        // Up to a day: beyond it Synapse has given up retrying anyway.
+        if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+            return Err(format!(
+                "dedup.{key}: must be a positive number of seconds (at most 86400)"
+            ));
+        }
+    }
+    if dedup.max_entries == 0 {
+        return Err("dedup.max_entries: must be at least 1".to_owned());
+    }
+    if let Some(url) = &dedup.redis_url {
+        crate::dedup::redis::RedisUrl::parse(url)
+            .map_err(|err| format!("dedup.redis_url: {err}"))?;
     }
     Ok(())
 }
@@ -283,8 +459,7 @@ fn app(app_id: &str, section: &serde_yaml::Value) -> Result<AppConfig, String> {
     };
     let inflight_request_limit = match section.get("inflight_request_limit") {
         None | Some(Value::Null) => DEFAULT_INFLIGHT_REQUEST_LIMIT,
-        Some(value) => value
-            .as_u64()
+        Some(value) => lenient::as_u64(value)
             .filter(|limit| *limit > 0)
             .and_then(|limit| usize::try_from(limit).ok())
             .ok_or_else(|| {
@@ -297,6 +472,15 @@ fn app(app_id: &str, section: &serde_yaml::Value) -> Result<AppConfig, String> {
         inflight_request_limit,
         section,
     })
+}
+
+/// A YAML value read as a boolean the way PyYAML would (`true`, `yes`, `On`, ...).
+fn yaml_bool(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Bool(b) => *b,
+        serde_yaml::Value::String(s) => lenient::parse_bool(s).unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// The outbound proxy: the config's `proxy`, else `HTTPS_PROXY` / `https_proxy`.
@@ -423,6 +607,27 @@ apps:
     }
 
     #[test]
+    fn http_limits_are_checked() {
+        let with = |http: &str| parse(&format!("http:\n{http}\napps:\n  a:\n    type: x\n"));
+        let loaded = with("  header_timeout: 2.5\n  max_connections: 7").unwrap();
+        assert_eq!(loaded.config.http.header_timeout, 2.5);
+        assert_eq!(loaded.config.http.max_connections, 7);
+        assert_eq!(loaded.config.http.idle_timeout, 180.0);
+        for (http, key) in [
+            ("  header_timeout: 0", "http.header_timeout:"),
+            ("  body_timeout: -1", "http.body_timeout:"),
+            ("  idle_timeout: .inf", "http.idle_timeout:"),
+            ("  upgrade_timeout: 1e300", "http.upgrade_timeout:"),
+            ("  shutdown_timeout: 1e300", "http.shutdown_timeout:"),
+            ("  max_connections: 0", "http.max_connections:"),
+            ("  body_buffer_bytes: -5", "http.body_buffer_bytes:"),
+        ] {
+            let err = with(http).unwrap_err();
+            assert!(err.starts_with(key), "{http}: {err}");
+        }
+    }
+
+    #[test]
     fn no_apps_is_an_error() {
         assert_eq!(parse("").unwrap_err(), "apps: no apps configured");
         assert_eq!(
@@ -440,6 +645,83 @@ apps:
             vec![
                 "unknown config key `surprise` ignored",
                 "unknown config key `http.colour` ignored"
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_plugin_paths_are_taken_from_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sygnal.yaml");
+        std::fs::write(
+            &path,
+            "plugins:\n  dirs: [lib, /opt/plugins]\n  snapshot_dir: snapshots\napps:\n  a:\n    type: x\n",
+        )
+        .unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.base_dir, dir.path());
+        let plugins = &loaded.config.plugins;
+        assert_eq!(
+            plugins.dirs,
+            vec![dir.path().join("lib"), PathBuf::from("/opt/plugins")]
+        );
+        assert_eq!(plugins.snapshot_dir, Some(dir.path().join("snapshots")));
+        assert_eq!(plugins.max_loaded_libraries, DEFAULT_MAX_LOADED_LIBRARIES);
+        let err =
+            parse("plugins:\n  max_loaded_libraries: 0\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("plugins.max_loaded_libraries:"), "{err}");
+    }
+
+    #[test]
+    fn reads_yaml_as_pyyaml_would() {
+        let loaded = parse(
+            "log:\n  access:\n    x_forwarded_for: on\nhttp:\n  port: \"5001\"\n  shutdown_timeout: '2.5'\nmetrics:\n  prometheus:\n    enabled: YES\n    port: '9101'\napps:\n  a:\n    type: x\n    inflight_request_limit: '7'\n    convert_device_token_to_hex: no\n",
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert!(loaded.config.log.access.x_forwarded_for);
+        assert_eq!(loaded.config.http.port, 5001);
+        assert_eq!(loaded.config.http.shutdown_timeout, 2.5);
+        assert!(loaded.config.metrics.prometheus.enabled);
+        assert_eq!(loaded.config.metrics.prometheus.port, 9101);
+        assert_eq!(loaded.apps[0].inflight_request_limit, 7);
+        // Plugins get their section as written; the SDK reads it leniently.
+        assert_eq!(loaded.apps[0].section["convert_device_token_to_hex"], "no");
+        let err = parse("http:\n  port: 'five'\napps:\n  a:\n    type: x\n").unwrap_err();
+        assert!(err.starts_with("http.port:"), "{err}");
+        let err =
+            parse("apps:\n  a:\n    type: x\n    inflight_request_limit: 'lots'\n").unwrap_err();
+        assert!(err.starts_with("apps.a.inflight_request_limit:"), "{err}");
+    }
+
+    #[test]
+    fn a_public_config_with_a_duplicated_section_loads() {
+        // Shaped like a public deployment's config: the `database` section given twice (Sygnal
+        // once had a database; it is ignored now), and a duplicated key inside an app.
+        let text = format!(
+            "{SYGNAL_SAMPLE}database:\n  name: sqlite3\n  args:\n    dbfile: sygnal.db\ndatabase:\n  name: psycopg2\n"
+        )
+        .replace("    topic: MY_TOPIC\n", "    topic: MY_TOPIC\n    topic: OTHER_TOPIC\n");
+        let loaded = parse(&text).unwrap();
+        let ios = loaded
+            .apps
+            .iter()
+            .find(|a| a.app_id.ends_with("ios"))
+            .unwrap();
+        assert_eq!(ios.section["topic"], "OTHER_TOPIC");
+        let topic_line = text
+            .lines()
+            .position(|l| l == "    topic: OTHER_TOPIC")
+            .unwrap()
+            + 1;
+        let lines: Vec<&str> = text.lines().collect();
+        let database_line = lines.iter().rposition(|l| *l == "database:").unwrap() + 1;
+        assert_eq!(
+            loaded.warnings,
+            vec![
+                format!("duplicate config key `apps.com.example.myapp.ios.topic` (line {topic_line}): the last one wins"),
+                format!("duplicate config key `database` (line {database_line}): the last one wins"),
+                "unknown config key `database` ignored".to_owned(),
             ]
         );
     }

@@ -28,8 +28,11 @@ struct Batch {
 ///
 /// Whatever is still running at `deadline` is cancelled (dropping a plugin's future aborts its
 /// task, retries and connection waits included) and the notification fails.
+///
+/// The table is let go of once the devices are routed: after a reload, a replaced pushkin is
+/// closed as soon as the requests using it end, not those using other apps.
 pub async fn dispatch(
-    table: &AppTable,
+    table: Arc<AppTable>,
     request_id: &str,
     parsed: &ParsedNotify<'_>,
     deadline: Instant,
@@ -67,6 +70,8 @@ pub async fn dispatch(
         }
     }
 
+    drop(table);
+
     let mut failure = None;
     let notification_json = parsed.notification.get();
     let mut pending = Vec::with_capacity(batches.len());
@@ -86,7 +91,9 @@ pub async fn dispatch(
         let app = batch.app;
         dispatched.push(Arc::clone(&app));
         pending.push(async move {
+            let started = Instant::now();
             let outcome = future.await;
+            app.dispatch_time.observe(started.elapsed().as_secs_f64());
             drop(slot);
             (app, outcome)
         });
@@ -113,6 +120,13 @@ pub async fn dispatch(
                     PushErrorKind::Panic => "panic",
                 };
                 tracing::warn!(app = %app.id, plugin = %app.kind, kind, error = %err.message, "dispatch failed");
+                crate::sentry::dispatch_failed(
+                    &app.id,
+                    &app.kind,
+                    err.kind,
+                    &err.message,
+                    request_id,
+                );
                 let this = match err.kind {
                     PushErrorKind::Panic => Failure::Panic,
                     _ => Failure::Dispatch,

@@ -1,9 +1,8 @@
 //! The host's logger, and the sink plugins forward their log records to.
 
 use crate::config::{dictconfig_file, dictconfig_level, LogConfig};
+use crate::log_file::LogFile;
 use abi_stable::std_types::RStr;
-use std::fs::OpenOptions;
-use std::sync::Arc;
 use sygnal_plugin_api::abi::LogLevel;
 use tracing::level_filters::LevelFilter;
 
@@ -28,12 +27,9 @@ pub fn init(config: &LogConfig) -> Result<LevelFilter, String> {
         .with_thread_ids(false);
     let result = match (file, json) {
         (Some(path), json) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+            let file = LogFile::install(&path)
                 .map_err(|err| format!("log file {}: {err}", path.display()))?;
-            let builder = builder.with_ansi(false).with_writer(Arc::new(file));
+            let builder = builder.with_ansi(false).with_writer(file);
             if json {
                 builder.json().try_init()
             } else {
@@ -75,7 +71,8 @@ pub fn plugin_max_level(level: LevelFilter) -> LogLevel {
     }
 }
 
-/// The log sink handed to plugins: re-emits each record in the host's logger.
+/// The log sink handed to plugins: re-emits each record in the host's logger, its fields
+/// where a host line carries them (see [`crate::plugin_log`]).
 pub extern "C" fn plugin_log_sink(
     level: LogLevel,
     plugin: RStr<'_>,
@@ -85,25 +82,13 @@ pub extern "C" fn plugin_log_sink(
 ) {
     // A panic must not unwind into the plugin's frames.
     let _ = std::panic::catch_unwind(|| {
-        let (plugin, target, message, fields) = (
+        crate::plugin_log::emit(
+            level,
             plugin.as_str(),
             target.as_str(),
             message.as_str(),
             fields.as_str(),
-        );
-        macro_rules! emit {
-            ($level:expr) => {
-                tracing::event!(target: "sygnal::plugin", $level, plugin, plugin_target = target, fields, "{message}")
-            };
-        }
-        match level {
-            LogLevel::Off => {}
-            LogLevel::Error => emit!(tracing::Level::ERROR),
-            LogLevel::Warn => emit!(tracing::Level::WARN),
-            LogLevel::Info => emit!(tracing::Level::INFO),
-            LogLevel::Debug => emit!(tracing::Level::DEBUG),
-            LogLevel::Trace => emit!(tracing::Level::TRACE),
-        }
+        )
     });
 }
 

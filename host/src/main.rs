@@ -1,51 +1,77 @@
 //! `sygnal`: a Matrix Push Gateway whose push providers are plugins.
 //!
-//! The host reads top-down: [`config`] -> plugin [`registry`] -> [`apps`] (the routing table)
-//! -> [`api`] (HTTP) -> [`dispatch`] -> the response.
+//! The host reads top-down: [`config`] -> plugin [`registry`] (loading private [`snapshot`]s of
+//! libraries) -> [`apps`] (the routing table, built a [`generation`] at a time) -> [`api`]
+//! (HTTP) -> [`dispatch`] -> the response. [`reload`] rebuilds the table on SIGHUP. Around
+//! them, [`lifecycle`] runs the process: [`listeners`], the HTTP [`server`], signals, binary
+//! [`upgrade`]s, [`systemd`].
 
 mod api;
 mod apps;
+mod commands;
+mod compat;
 mod config;
+mod dedup;
 mod dispatch;
+mod generation;
+mod health;
+mod lifecycle;
+mod listeners;
+mod log_file;
 mod logging;
 mod metrics;
 mod notify;
+mod plugin_log;
+mod process_metrics;
 mod registry;
+mod reload;
+mod sentry;
+mod server;
+mod snapshot;
+mod sys;
+mod systemd;
+mod upgrade;
+mod yaml;
 
-use abi_stable::std_types::RString;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use sygnal_plugin_api::abi::HostCtx;
-use sygnal_plugin_api::HostInfo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const USAGE: &str = "\
-usage: sygnal [--config PATH] [COMMAND]
+usage: sygnal [--config PATH] [--pid-file PATH] [COMMAND]
 
 Commands:
   serve     run the push gateway (default)
-  check     validate the config and construct every app's pushkin, then exit
-  plugins   list the plugin libraries found in the search path
+  check [--against RUNNING]
+            validate the config and construct its apps' pushkins exactly as a reload would,
+            then print what a reload of a gateway running RUNNING (default: none) would add,
+            change, remove and keep
+  plugins   list the plugin libraries in the search path and the library serving each app
+  health    exit 0 if the configured listener's GET /health answers 200 (container health checks)
 
-The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.";
+The config is read from --config PATH, else $SYGNAL_CONF, else ./sygnal.yaml.
+--pid-file PATH: `serve` writes its process id there once it serves (a binary upgrade
+rewrites it with the new process's id).";
 
 enum Command {
     Serve,
     Check,
     Plugins,
+    Health,
 }
 
 struct Args {
     config: Option<PathBuf>,
+    against: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
     command: Command,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut config = None;
+    let mut against = None;
+    let mut pid_file = None;
     let mut command = None;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
@@ -63,19 +89,40 @@ fn parse_args() -> Result<Option<Args>, String> {
             _ if arg.starts_with("--config=") => {
                 config = Some(PathBuf::from(&arg["--config=".len()..]));
             }
-            "serve" | "check" | "plugins" if command.is_none() => {
+            "--against" => {
+                let path = args.next().ok_or("--against needs a path")?;
+                against = Some(PathBuf::from(path));
+            }
+            "--pid-file" => {
+                let path = args.next().ok_or("--pid-file needs a path")?;
+                pid_file = Some(PathBuf::from(path));
+            }
+            _ if arg.starts_with("--pid-file=") => {
+                pid_file = Some(PathBuf::from(&arg["--pid-file=".len()..]));
+            }
+            "serve" | "check" | "plugins" | "health" if command.is_none() => {
                 command = Some(match arg.as_str() {
                     "serve" => Command::Serve,
                     "check" => Command::Check,
+                    "health" => Command::Health,
                     _ => Command::Plugins,
                 });
             }
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
+    let command = command.unwrap_or(Command::Serve);
+    if against.is_some() && !matches!(command, Command::Check) {
+        return Err("--against goes with `check`".to_owned());
+    }
+    if pid_file.is_some() && !matches!(command, Command::Serve) {
+        return Err("--pid-file goes with `serve`".to_owned());
+    }
     Ok(Some(Args {
         config,
-        command: command.unwrap_or(Command::Serve),
+        against,
+        pid_file,
+        command,
     }))
 }
 
@@ -92,9 +139,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.command {
-        Command::Plugins => list_plugins(args.config),
-        Command::Check => check(args.config),
-        Command::Serve => serve(args.config),
+        Command::Plugins => commands::plugins(args.config),
+        Command::Check => commands::check(args.config, args.against),
+        Command::Health => health::check(args.config),
+        Command::Serve => serve(args.config, args.pid_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,219 +159,102 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
-fn host_ctx(
-    config: &config::Config,
-    proxy: Option<String>,
+/// A gateway's apps, built and ready to serve.
+struct Started {
+    config_path: PathBuf,
+    loaded: config::Loaded,
     level: tracing::level_filters::LevelFilter,
-) -> Result<HostCtx, String> {
-    let info = HostInfo {
-        host_version: env!("CARGO_PKG_VERSION").to_owned(),
-        proxy,
-        extra_root_certs: std::env::var_os("SSL_CERT_FILE")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .into_iter()
-            .collect(),
-        user_agent: format!("sygnal/{}", env!("CARGO_PKG_VERSION")),
-        // Host and plugin runtimes share the cores; an idle runtime costs nothing.
-        worker_threads: config
-            .plugins
-            .worker_threads
-            .unwrap_or_else(|| (cores() / 2).max(1)),
-    };
-    let host_info_json = serde_json::to_string(&info).map_err(|err| err.to_string())?;
-    Ok(HostCtx {
-        log: logging::plugin_log_sink,
-        max_log_level: logging::plugin_max_level(level),
-        metric: metrics::plugin_metric_sink,
-        host_info_json: RString::from(host_info_json),
-    })
+    worker_threads: usize,
+    plugins: Arc<registry::PluginRegistry>,
+    table: apps::AppTable,
 }
 
-/// Loads config, logging and every app. Shared by `serve` and `check`.
-fn start(
-    config_path: Option<PathBuf>,
-) -> Result<(config::Config, apps::AppTable, registry::PluginRegistry), String> {
-    let path = config::config_path(config_path);
-    let loaded =
-        config::load(&path).map_err(|err| format!("config error in {}: {err}", path.display()))?;
+/// Loads config, logging and every app: a generation built from nothing.
+fn start(config_path: Option<PathBuf>) -> Result<Started, String> {
+    let config_path = config::config_path(config_path);
+    let loaded = config::load(&config_path)
+        .map_err(|err| format!("config error in {}: {err}", config_path.display()))?;
     let level = logging::init(&loaded.config.log).map_err(|err| format!("config error: {err}"))?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let proxy = config::effective_proxy(&loaded.config);
-    if let Some(proxy) = &proxy {
-        tracing::info!(proxy = %sygnal_plugin_api::redact_url_credentials(proxy), "outbound connections use a proxy");
+    if let Some(proxy) = config::effective_proxy(&loaded.config) {
+        tracing::info!(proxy = %sygnal_plugin_api::redact_url_credentials(&proxy), "outbound connections use a proxy");
     }
-    let plugins = registry::PluginRegistry::new(&loaded.config.plugins.dirs);
-    let ctx = host_ctx(&loaded.config, proxy, level)?;
-    let table = apps::build(&loaded.apps, &plugins, &ctx)?;
-    for app in table.apps() {
-        let library = app.library();
-        tracing::info!(app = %app.id, kind = %app.kind, version = %library.version, path = %library.path.display(), "app ready");
-    }
-    Ok((loaded.config, table, plugins))
+    let plugins = Arc::new(open_registry(&loaded.config.plugins)?);
+    let worker_threads = worker_threads(&loaded.config);
+    let host = generation::HostInputs::new(&loaded.config, level, worker_threads)?;
+    let built = generation::build(&loaded, &generation::Baseline::default(), &plugins, &host);
+    let generation = built.inspect_err(|_| plugins.shutdown())?;
+    reload::log_apps_ready(&generation.changes);
+    Ok(Started {
+        config_path,
+        loaded,
+        level,
+        worker_threads,
+        plugins,
+        table: generation.table,
+    })
 }
 
-fn check(config_path: Option<PathBuf>) -> Result<(), String> {
-    let (_, table, plugins) = start(config_path)?;
-    let count = table.apps().count();
-    drop(table);
-    shutdown_libraries(&plugins);
-    println!("config OK: {count} app(s) constructed");
-    Ok(())
+/// Threads of each plugin library's runtime: host and plugin runtimes share the cores, and an
+/// idle runtime costs nothing.
+fn worker_threads(config: &config::Config) -> usize {
+    config
+        .plugins
+        .worker_threads
+        .unwrap_or_else(|| (cores() / 2).max(1))
 }
 
-fn list_plugins(config_path: Option<PathBuf>) -> Result<(), String> {
-    // The config only contributes plugins.dirs; listing works without one.
-    let path = config::config_path(config_path);
-    let dirs = match config::load(&path) {
-        Ok(loaded) => loaded.config.plugins.dirs,
-        Err(_) => Vec::new(),
-    };
-    let plugins = registry::PluginRegistry::new(&dirs);
-    println!("{:<14} {:<10} {:<6} PATH", "KIND", "VERSION", "ABI");
-    for (path, library) in plugins.discover() {
-        match library {
-            Ok(lib) => println!(
-                "{:<14} {:<10} {:<6} {}",
-                lib.kind,
-                lib.version,
-                lib.abi_version,
-                path.display()
-            ),
-            Err(err) => println!(
-                "{:<14} {:<10} {:<6} {} ({err})",
-                "?",
-                "?",
-                "?",
-                path.display()
-            ),
-        }
-    }
-    Ok(())
+/// The plugin registry for `plugins`, with this process's snapshot directory.
+fn open_registry(plugins: &config::PluginsConfig) -> Result<registry::PluginRegistry, String> {
+    let snapshots = snapshot::SnapshotDir::create(plugins.snapshot_dir.as_deref())?;
+    tracing::debug!(dir = %snapshots.path().display(), "plugin libraries are loaded from private copies");
+    Ok(registry::PluginRegistry::new(
+        snapshots,
+        plugins.max_loaded_libraries,
+    ))
 }
 
-fn shutdown_libraries(plugins: &registry::PluginRegistry) {
-    for (_, library) in plugins.discover_loaded() {
-        library.module.shutdown()();
-    }
-}
-
-fn serve(config_path: Option<PathBuf>) -> Result<(), String> {
+fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), String> {
+    // First, while the process has one thread: it takes variables out of the environment.
+    let startup = lifecycle::Startup::take(pid_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores())
         .thread_name("sygnal")
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the runtime: {err}"))?;
-    let (config, table, plugins) = start(config_path)?;
-    let result = runtime.block_on(run(config, table));
-    shutdown_libraries(&plugins);
+    let started = start(config_path)?;
+    let plugins = Arc::clone(&started.plugins);
+    let result = runtime.block_on(run(started, startup));
+    plugins.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn bind(addresses: &[String], port: u16) -> Result<Vec<TcpListener>, String> {
-    let mut listeners = Vec::new();
-    let mut errors = Vec::new();
-    for address in addresses {
-        let ip: IpAddr = address
-            .parse()
-            .map_err(|_| format!("`{address}` is not an IP address"))?;
-        match TcpListener::bind(SocketAddr::new(ip, port)).await {
-            Ok(listener) => listeners.push(listener),
-            Err(err) => errors.push(format!("{address}:{port}: {err}")),
-        }
+async fn run(started: Started, startup: lifecycle::Startup) -> Result<(), String> {
+    let notify_timeout = Duration::from_secs_f64(started.loaded.config.http.notify_timeout);
+    let state = Arc::new(
+        api::AppState::new(started.table)?
+            .with_notify_timeout(notify_timeout)
+            .with_dedup(dedup::Dedup::new(&started.loaded.config.dedup)?),
+    );
+    let reloader = Arc::new(reload::Reloader::new(
+        started.config_path,
+        &started.loaded,
+        started.level,
+        started.worker_threads,
+        Arc::clone(&state),
+        started.plugins,
+    )?);
+    let config = started.loaded.config;
+    if let Some(dsn) = config.metrics.sentry.dsn()? {
+        sentry::start(
+            &dsn,
+            &generation::host_info(&config, started.worker_threads),
+        )
+        .map_err(|err| format!("metrics.sentry: {err}"))?;
     }
-    if listeners.is_empty() {
-        return Err(format!("cannot listen: {}", errors.join("; ")));
-    }
-    for err in errors {
-        tracing::warn!("cannot listen on {err}; serving on the other addresses");
-    }
-    Ok(listeners)
-}
-
-async fn run(config: config::Config, table: apps::AppTable) -> Result<(), String> {
-    let notify_timeout = Duration::from_secs_f64(config.http.notify_timeout);
-    let state = Arc::new(api::AppState::new(table)?.with_notify_timeout(notify_timeout));
-    let listeners = bind(&config.http.bind_addresses, config.http.port).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
-        let local = listener.local_addr().map_err(|err| err.to_string())?;
-        tracing::info!(address = %local, "push gateway listening");
-        let router = api::router(Arc::clone(&state));
-        let mut stop = stop_rx.clone();
-        servers.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-    }
-    if config.metrics.prometheus.enabled {
-        let prometheus = &config.metrics.prometheus;
-        let listeners = bind(std::slice::from_ref(&prometheus.address), prometheus.port)
-            .await
-            .map_err(|err| format!("metrics.prometheus: {err}"))?;
-        for listener in listeners {
-            tracing::info!(address = ?listener.local_addr().ok(), "prometheus metrics listening");
-            let mut stop = stop_rx.clone();
-            // Metrics outlive nothing: they stop with the API listeners.
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, api::metrics_router())
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-            });
-        }
-    }
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down: no new requests, finishing those in flight");
-    let _ = stop_tx.send(true);
-    let grace = Duration::from_secs_f64(config.http.shutdown_timeout);
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(result) = servers.join_next().await {
-            if let Ok(Err(err)) = result {
-                tracing::warn!(error = %err, "listener error during shutdown");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            seconds = grace.as_secs_f64(),
-            "in-flight requests did not finish in time; exiting anyway"
-        );
-    }
-    // Close every pushkin before the libraries' runtimes stop.
-    state.apps.store(Arc::new(apps::AppTable::default()));
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|err| err.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|err| err.to_string())?;
-    // SIGHUP's default action would kill the process; until live reload exists, ignore it.
-    let mut hup = signal(SignalKind::hangup()).map_err(|err| err.to_string())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM received");
-                return Ok(());
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT received");
-                return Ok(());
-            }
-            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not supported yet; ignored"),
-        }
-    }
+    lifecycle::run(config, state, reloader, startup).await
 }

@@ -56,7 +56,9 @@ pub enum MetricOp {
 
 /// Host log sink: `(level, plugin kind, target, message, fields)`.
 ///
-/// `fields` is `key=value` pairs separated by spaces, already formatted by the plugin.
+/// `fields` is a JSON object of the record's fields (`{"request_id":"12","status":404}`), or
+/// empty. Plugins built before plugin-api 1.0's structured fields sent `key=value` pairs
+/// separated by spaces; hosts accept both, telling them apart by the leading `{`.
 pub type LogFn = extern "C" fn(LogLevel, RStr<'_>, RStr<'_>, RStr<'_>, RStr<'_>);
 
 /// Host metrics sink: `(op, metric name, help text, labels, value)`.

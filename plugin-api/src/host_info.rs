@@ -36,6 +36,19 @@ pub struct PluginInfo {
     pub notify_get_response: Option<serde_json::Value>,
 }
 
+/// The key the SDK adds to every library's info JSON (beside [`PluginInfo`]'s own, whatever
+/// the pushkin's `plugin_info` says): how the library handles panics, `"unwind"` or `"abort"`.
+/// The host refuses `"abort"`, since a panic would then end the gateway. Libraries built before
+/// it was reported lack it.
+pub const PANIC_STRATEGY_KEY: &str = "panic_strategy";
+
+/// The panic strategy this crate, and so the whole library using it, was compiled with.
+pub const PANIC_STRATEGY: &str = if cfg!(panic = "unwind") {
+    "unwind"
+} else {
+    "abort"
+};
+
 /// Formats a proxy URL for logs, without its credentials.
 pub fn redact_url_credentials(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

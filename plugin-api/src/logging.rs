@@ -1,11 +1,14 @@
 //! Forwards the plugin's `tracing` events to the host's logger.
 //!
 //! A cdylib carries its own copy of `tracing`, with its own global dispatcher: without this the
-//! plugin's events would go nowhere. Span fields (the dispatch span carries `request_id` and
-//! `app`) are appended to each event's fields, since host spans cannot cross into plugin threads.
+//! plugin's events would go nowhere. Fields cross the ABI as one JSON object (typed: numbers
+//! and booleans stay numbers and booleans), the event's own fields followed by those of its
+//! enclosing spans (the dispatch span carries `request_id` and `app`), since host spans cannot
+//! cross into plugin threads. The host places them where its own lines carry them.
 
 use crate::abi::{LogFn, LogLevel};
 use abi_stable::std_types::RStr;
+use serde_json::{Map, Value};
 use std::fmt::{Debug, Write};
 use std::sync::OnceLock;
 use tracing::field::{Field, Visit};
@@ -19,21 +22,47 @@ struct HostLogLayer {
     plugin: &'static str,
 }
 
-/// A span's fields, rendered once when the span is created.
-struct SpanFields(String);
+/// A span's fields, recorded once when the span is created.
+struct SpanFields(Map<String, Value>);
 
 #[derive(Default)]
 struct FieldWriter {
     message: String,
-    fields: String,
+    fields: Map<String, Value>,
+}
+
+impl FieldWriter {
+    fn put(&mut self, field: &Field, value: Value) {
+        self.fields.insert(field.name().to_owned(), value);
+    }
 }
 
 impl Visit for FieldWriter {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinities: those travel as text.
+        match serde_json::Number::from_f64(value) {
+            Some(number) => self.put(field, Value::Number(number)),
+            None => self.put(field, Value::String(value.to_string())),
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message.push_str(value);
         } else {
-            push_field(&mut self.fields, field.name(), format_args!("{value}"));
+            self.put(field, Value::String(value.to_owned()));
         }
     }
 
@@ -41,16 +70,9 @@ impl Visit for FieldWriter {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            push_field(&mut self.fields, field.name(), format_args!("{value:?}"));
+            self.put(field, Value::String(format!("{value:?}")));
         }
     }
-}
-
-fn push_field(out: &mut String, name: &str, value: std::fmt::Arguments<'_>) {
-    if !out.is_empty() {
-        out.push(' ');
-    }
-    let _ = write!(out, "{name}={value}");
 }
 
 fn level_of(level: &Level) -> LogLevel {
@@ -97,22 +119,27 @@ where
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
-                    if !fields.is_empty() {
-                        if !writer.fields.is_empty() {
-                            writer.fields.push(' ');
+                    for (name, value) in fields {
+                        // The event's own field wins over a span's of the same name.
+                        if !writer.fields.contains_key(name) {
+                            writer.fields.insert(name.clone(), value.clone());
                         }
-                        writer.fields.push_str(fields);
                     }
                 }
             }
         }
+        let fields = if writer.fields.is_empty() {
+            String::new()
+        } else {
+            Value::Object(writer.fields).to_string()
+        };
         let metadata = event.metadata();
         (self.sink)(
             level_of(metadata.level()),
             RStr::from_str(self.plugin),
             RStr::from_str(metadata.target()),
             RStr::from_str(&writer.message),
-            RStr::from_str(&writer.fields),
+            RStr::from_str(&fields),
         );
     }
 }
@@ -136,4 +163,71 @@ pub(crate) fn install(sink: LogFn, max_level: LogLevel, plugin: &'static str) {
             tracing::error!(target: "panic", %location, "pushkin panicked: {payload}");
         }));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    static RECORDS: Mutex<Vec<(LogLevel, String, String, String)>> = Mutex::new(Vec::new());
+
+    extern "C" fn record(
+        level: LogLevel,
+        _plugin: RStr<'_>,
+        target: RStr<'_>,
+        message: RStr<'_>,
+        fields: RStr<'_>,
+    ) {
+        RECORDS.lock().unwrap().push((
+            level,
+            target.as_str().to_owned(),
+            message.as_str().to_owned(),
+            fields.as_str().to_owned(),
+        ));
+    }
+
+    #[test]
+    fn fields_cross_as_a_typed_json_object_with_span_fields() {
+        let layer = HostLogLayer {
+            sink: record,
+            plugin: "test",
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("dispatch", request_id = "r-7", app = "com.example");
+            let _entered = span.enter();
+            tracing::warn!(
+                status = 404_u16,
+                delta = -3_i64,
+                ratio = 0.5,
+                retried = true,
+                host = %"push.example.org",
+                event_id = ?Some("$e"),
+                app = "overridden",
+                "endpoint gone"
+            );
+            tracing::info!("no fields of its own");
+        });
+        let records = RECORDS.lock().unwrap().clone();
+        let (level, _, message, fields) = &records[0];
+        assert_eq!(
+            (*level, message.as_str()),
+            (LogLevel::Warn, "endpoint gone")
+        );
+        let fields: Value = serde_json::from_str(fields).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({
+                "status": 404, "delta": -3, "ratio": 0.5, "retried": true,
+                "host": "push.example.org", "event_id": "Some(\"$e\")",
+                "app": "overridden", "request_id": "r-7"
+            })
+        );
+        let fields: Value = serde_json::from_str(&records[1].3).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!({"request_id": "r-7", "app": "com.example"})
+        );
+    }
 }

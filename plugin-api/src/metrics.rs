@@ -1,17 +1,32 @@
 //! Metrics a pushkin reports through the host's /metrics.
+//!
+//! Names and labels are checked here, where the plugin reports them: a metric with an invalid
+//! name or label name, a negative counter increment or a non-finite value is refused and logged
+//! (once per metric) instead of reaching the host. The host checks again, since a library may
+//! not use this SDK, and refuses what would make its exposition invalid.
 
 use crate::abi::{MetricFn, MetricOp};
 use abi_stable::std_types::RStr;
+use std::collections::HashSet;
 use std::fmt::Write;
+use std::sync::Mutex;
 
 /// A rendered Prometheus label set (`pushkin="app",code="200"`).
 ///
-/// Build it once per app where you can: rendering allocates, reporting does not.
+/// Build it once per app where you can: rendering allocates, reporting does not. A label name
+/// that Prometheus does not allow makes the whole set invalid: metrics reported with it are
+/// refused and logged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Labels(String);
+pub struct Labels {
+    rendered: String,
+    /// The label names, comma-separated (values may contain anything, names cannot).
+    names: String,
+    problem: Option<String>,
+}
 
 impl Labels {
-    /// Renders `pairs` (names must be valid Prometheus label names; values are escaped).
+    /// Renders `pairs`; values are escaped. Names must match `[a-zA-Z_][a-zA-Z0-9_]*`, must not
+    /// start with `__` (reserved) and must not repeat.
     pub fn new(pairs: &[(&str, &str)]) -> Self {
         let mut labels = Labels::default();
         for (name, value) in pairs {
@@ -28,24 +43,107 @@ impl Labels {
     }
 
     fn push(&mut self, name: &str, value: &str) {
-        if !self.0.is_empty() {
-            self.0.push(',');
+        if self.problem.is_none() {
+            self.problem = label_name_problem(name).or_else(|| {
+                self.names()
+                    .any(|existing| existing == name)
+                    .then(|| format!("label `{name}` appears twice"))
+            });
         }
-        let _ = write!(self.0, "{name}=\"");
+        if !self.rendered.is_empty() {
+            self.rendered.push(',');
+            self.names.push(',');
+        }
+        self.names.push_str(name);
+        let _ = write!(self.rendered, "{name}=\"");
         for c in value.chars() {
             match c {
-                '\\' => self.0.push_str("\\\\"),
-                '"' => self.0.push_str("\\\""),
-                '\n' => self.0.push_str("\\n"),
-                c => self.0.push(c),
+                '\\' => self.rendered.push_str("\\\\"),
+                '"' => self.rendered.push_str("\\\""),
+                '\n' => self.rendered.push_str("\\n"),
+                c => self.rendered.push(c),
             }
         }
-        self.0.push('"');
+        self.rendered.push('"');
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.split(',').filter(|name| !name.is_empty())
     }
 
     /// The rendered form, without braces.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.rendered
+    }
+
+    /// Why these labels cannot be used, if they cannot.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+}
+
+/// Why `name` is not a usable Prometheus metric name, if it is not.
+pub fn metric_name_problem(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    (!valid).then(|| format!("`{name}` is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
+}
+
+/// Why `name` is not a usable Prometheus label name, if it is not.
+pub fn label_name_problem(name: &str) -> Option<String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        Some(format!(
+            "`{name}` is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+        ))
+    } else if name.starts_with("__") {
+        Some(format!(
+            "label names starting with `__` are reserved (`{name}`)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why reporting `value` with `op` under `name` and `labels` must be refused, if it must.
+fn report_problem(op: MetricOp, name: &str, labels: &Labels, value: f64) -> Option<String> {
+    if let Some(problem) = metric_name_problem(name) {
+        return Some(problem);
+    }
+    if let Some(problem) = labels.problem() {
+        return Some(problem.to_owned());
+    }
+    if !value.is_finite() {
+        return Some(format!("value {value} is not finite"));
+    }
+    match op {
+        MetricOp::CounterAdd if value < 0.0 => {
+            Some(format!("counters only go up: cannot add {value}"))
+        }
+        MetricOp::HistogramObserve if labels.names().any(|label| label == "le") => {
+            Some("`le` is reserved for histogram buckets".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Logs a refused report, once per metric name and problem (a refused metric is usually
+/// reported on every request).
+fn log_refusal(name: &str, problem: &str) {
+    static LOGGED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let first_time = LOGGED
+        .lock()
+        .map(|mut logged| {
+            let logged = logged.get_or_insert_with(HashSet::new);
+            // Bounded: past this many distinct refusals, the log itself would be the problem.
+            logged.len() < 1000 && logged.insert(format!("{name}\0{problem}"))
+        })
+        .unwrap_or(false);
+    if first_time {
+        tracing::error!(target: "sygnal_plugin_api::metrics", metric = %name, problem = %problem, "metric refused");
     }
 }
 
@@ -70,6 +168,10 @@ impl Metrics {
     }
 
     fn report(&self, op: MetricOp, name: &str, help: &str, labels: &Labels, value: f64) {
+        if let Some(problem) = report_problem(op, name, labels, value) {
+            log_refusal(name, &problem);
+            return;
+        }
         (self.sink)(
             op,
             RStr::from_str(name),
@@ -79,7 +181,7 @@ impl Metrics {
         );
     }
 
-    /// Adds `value` (non-negative) to a counter.
+    /// Adds `value` (non-negative) to a counter. Prometheus shows it as `<name>_total`.
     pub fn counter_add(&self, name: &str, help: &str, labels: &Labels, value: f64) {
         self.report(MetricOp::CounterAdd, name, help, labels, value);
     }
@@ -160,6 +262,39 @@ mod tests {
                 (MetricOp::GaugeAdd, "active".to_owned(), -1.0)
             ]
         );
+    }
+
+    #[test]
+    fn invalid_names_labels_and_values_are_refused_before_the_host() {
+        use std::sync::Mutex;
+        static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        extern "C" fn record(_: MetricOp, name: RStr<'_>, _: RStr<'_>, _: RStr<'_>, _: f64) {
+            SEEN.lock().unwrap().push(name.as_str().to_owned());
+        }
+        let metrics = Metrics::new(record);
+        let ok = Labels::new(&[("pushkin", "app")]);
+        metrics.counter_add("bad-name", "", &ok, 1.0);
+        metrics.counter_add("9lives", "", &ok, 1.0);
+        metrics.counter_add("good", "", &Labels::new(&[("bad-label", "x")]), 1.0);
+        metrics.counter_add("good", "", &Labels::new(&[("__reserved", "x")]), 1.0);
+        metrics.counter_add("good", "", &ok.with("pushkin", "again"), 1.0);
+        metrics.counter_add("good", "", &ok, -1.0);
+        metrics.gauge_set("good_gauge", "", &ok, f64::NAN);
+        metrics.histogram_observe("good_seconds", "", &ok.with("le", "1"), 0.1);
+        assert!(
+            SEEN.lock().unwrap().is_empty(),
+            "{:?}",
+            SEEN.lock().unwrap()
+        );
+        metrics.counter_add("good", "", &ok, 1.0);
+        metrics.gauge_add("good_gauge", "", &ok.with("le", "fine on a gauge"), -1.0);
+        assert_eq!(*SEEN.lock().unwrap(), ["good", "good_gauge"]);
+        assert!(Labels::new(&[("bad-label", "x")])
+            .problem()
+            .unwrap()
+            .contains("bad-label"));
+        // A value may hold anything, separators included.
+        assert_eq!(Labels::new(&[("a", "x\",le=\"1")]).problem(), None);
     }
 
     #[test]

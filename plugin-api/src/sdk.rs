@@ -78,6 +78,16 @@ impl PushError {
             message: message.into(),
         }
     }
+
+    /// Of the failure kept so far and a new one, the one to report for the whole dispatch: a
+    /// permanent failure says more about the configuration than a temporary one, so it wins;
+    /// between equals the first is kept.
+    pub fn worse(kept: Option<PushError>, new: PushError) -> PushError {
+        match kept {
+            Some(kept) if !kept.temporary || new.temporary => kept,
+            _ => new,
+        }
+    }
 }
 
 impl std::fmt::Display for PushError {
@@ -109,6 +119,7 @@ const SHARED_APP_KEYS: &[&str] = &[
     "inflight_request_limit",
     "max_tries",
     "retry_delay_base",
+    crate::fan_out::MAX_CONCURRENT_DEVICES_KEY,
 ];
 
 impl PushkinContext {
@@ -122,8 +133,15 @@ impl PushkinContext {
         &self.config
     }
 
-    /// The app's config section, deserialized. Errors name the app and the offending key;
-    /// keys `T` does not know are logged as warnings, as Sygnal does.
+    /// A configuration error naming the key, as the host shows it:
+    /// `apps.<app id>.<key>: <why>`. Return it from [`Pushkin::new`].
+    pub fn config_error(&self, key: &str, why: impl std::fmt::Display) -> String {
+        format!("apps.{}.{key}: {why}", self.app_id)
+    }
+
+    /// The app's config section, deserialized. Booleans and numbers are read as PyYAML would
+    /// (`yes`, `"5000"`: see [`lenient`](crate::lenient)). Errors name the app and the offending
+    /// key; keys `T` does not know are logged as warnings, as Sygnal does.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T, String> {
         let value = serde_json::Value::Object(self.config.clone());
         let mut unknown = Vec::new();
@@ -181,7 +199,8 @@ fn serde_ignored_keys<T: DeserializeOwned>(
     unknown: &mut Vec<String>,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-    let ignoring = serde_ignored::Deserializer::new(value, &mut record);
+    let ignoring =
+        serde_ignored::Deserializer::new(crate::lenient::Lenient::new(value), &mut record);
     serde_path_to_error::deserialize(ignoring)
 }
 
@@ -241,9 +260,17 @@ extern "C" fn version() -> RStr<'static> {
 }
 
 extern "C" fn info_json<P: Pushkin>() -> RString {
-    catch_unwind(|| serde_json::to_string(&P::plugin_info()).unwrap_or_default())
-        .unwrap_or_else(|_| "{}".to_owned())
-        .into()
+    let info = catch_unwind(P::plugin_info).unwrap_or_default();
+    let mut json = match serde_json::to_value(info) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    // Reported by the SDK itself: the host's refusal must not depend on the author.
+    json.insert(
+        crate::host_info::PANIC_STRATEGY_KEY.to_owned(),
+        crate::host_info::PANIC_STRATEGY.into(),
+    );
+    serde_json::Value::Object(json).to_string().into()
 }
 
 extern "C" fn shutdown() {

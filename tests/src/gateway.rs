@@ -14,6 +14,8 @@ pub struct GatewayBuilder {
     env: Vec<(String, OsString)>,
     http_yaml: Option<String>,
     raw_config: Option<String>,
+    args: Vec<OsString>,
+    program: Option<PathBuf>,
 }
 
 /// A running gateway, killed on drop.
@@ -40,6 +42,8 @@ impl Gateway {
             env: Vec::new(),
             http_yaml: None,
             raw_config: None,
+            args: Vec::new(),
+            program: None,
         }
     }
 
@@ -56,9 +60,19 @@ impl Gateway {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The config file the gateway runs on.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sygnal.yaml")
+    }
+
+    /// The gateway's working directory (config, output), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// POSTs `body` to /notify: the status and the JSON answer (Null if not JSON).
@@ -178,6 +192,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a command-line argument (before the config); `{dir}` is replaced by the gateway's
+    /// working directory.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Runs this program instead of the built `sygnal` (e.g. a symlink to it, as installed).
+    pub fn program(mut self, path: &Path) -> Self {
+        self.program = Some(path.to_owned());
+        self
+    }
+
     /// Sets an environment variable for the gateway.
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
         self.env.push((key.to_owned(), value.into()));
@@ -202,7 +229,14 @@ impl GatewayBuilder {
     }
 
     fn command(&self, dir: &Path, config: &Path, log: &Path) -> Command {
-        let mut command = Command::new(sygnal_bin());
+        let program = self.program.clone().unwrap_or_else(sygnal_bin);
+        let mut command = Command::new(program);
+        for arg in &self.args {
+            let arg = arg
+                .to_string_lossy()
+                .replace("{dir}", &dir.to_string_lossy());
+            command.arg(arg);
+        }
         command
             .arg("--config")
             .arg(config)
@@ -211,6 +245,11 @@ impl GatewayBuilder {
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("SSL_CERT_FILE")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            // Plugin snapshots go to the test's own directory, removed with it.
+            .env("XDG_RUNTIME_DIR", dir)
             .stdin(Stdio::null());
         for (key, value) in &self.env {
             command.env(key, value);

@@ -5,7 +5,13 @@
 //! runs it first): the binary and the cdylibs land in the same target directory as the tests.
 
 pub mod gateway;
+pub mod load;
+pub mod out_of_tree;
+pub mod process;
+pub mod prometheus;
 pub mod proxy;
+pub mod python;
+pub mod redis;
 pub mod serve;
 pub mod synapse;
 pub mod tls;

@@ -213,8 +213,8 @@ async fn payload_cases_as_apns_receives_them() {
 #[tokio::test]
 async fn priority_push_type_hex_conversion_and_badge_counts_follow_config() {
     let apns = FakeApns::start(false).await;
-    let extra =
-        "  push_type: voip\n  convert_device_token_to_hex: false\n  send_badge_counts: false\n";
+    // Written as for PyYAML (YAML 1.1 booleans, a quoted number): the SDK reads them leniently.
+    let extra = "  push_type: voip\n  convert_device_token_to_hex: no\n  send_badge_counts: Off\n  max_tries: '2'\n";
     let gw = gateway(&apns, &token_app(&apns, extra)).await;
     let raw_token = "ABCDEF0123456789";
 
@@ -577,6 +577,18 @@ async fn concurrent_notifications_share_one_connection() {
         .map(|r| apns.verify_provider_token(r))
         .collect();
     assert_eq!(jwts.len(), 1);
+}
+
+#[tokio::test]
+async fn max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let apns = FakeApns::start(false).await;
+    apns.default_reply(Reply::ok().delayed(Duration::from_millis(100)));
+    let gw = gateway(&apns, &token_app(&apns, "  max_concurrent_devices: 3\n")).await;
+    let devices = (0..12u8).map(|seed| device(&token(140 + seed).0)).collect();
+    let (status, answer) = gw.notify(notification(devices, json!({}))).await;
+    assert_eq!((status, answer), (200, json!({"rejected": []})));
+    assert_eq!(apns.received().len(), 12);
+    assert_eq!(apns.max_in_flight(), 3, "concurrent, but at most 3");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use sygnal_tests::gateway::Gateway;
 use sygnal_tests::serve::{serve_http, serve_tls, TestServer};
 
 const APP: &str = "com.example.android";
+
 const API_KEY: &str = "test-api-key-AAAASECRETKEY";
 
 /// Pushkeys long enough that a log line holding one whole is easy to spot.

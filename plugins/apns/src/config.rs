@@ -442,9 +442,13 @@ mod tests {
     #[test]
     fn wrong_types_and_retry_settings_name_the_key() {
         let mut c = token_config();
-        c["convert_device_token_to_hex"] = json!("yes");
+        c["convert_device_token_to_hex"] = json!("maybe");
         let e = parse(c).unwrap_err();
         assert!(e.contains("convert_device_token_to_hex"), "{e}");
+        // YAML 1.1 booleans, as PyYAML reads them, are booleans.
+        let mut c = token_config();
+        c["convert_device_token_to_hex"] = json!("no");
+        assert!(!parse(c).unwrap().convert_device_token_to_hex);
         let mut c = token_config();
         c["max_tries"] = json!(0);
         let e = parse(c).unwrap_err();

@@ -13,10 +13,9 @@ pub mod token;
 pub mod transport;
 
 use config::{ApnsConfig, Auth};
-use futures_util::future::join_all;
 use payload::{PayloadOptions, Prepared};
 use sygnal_plugin_api::{
-    tracing, Device, Labels, Notification, PushError, Pushkin, PushkinContext,
+    tracing, Device, FanOut, Labels, Notification, PushError, Pushkin, PushkinContext,
 };
 use transport::{Delivery, Push, Transport};
 
@@ -29,6 +28,7 @@ pub struct ApnsPushkin {
     metrics: sygnal_plugin_api::Metrics,
     payload_options: PayloadOptions,
     convert_device_token_to_hex: bool,
+    fan_out: FanOut,
     transport: Transport,
 }
 
@@ -63,35 +63,17 @@ impl Pushkin for ApnsPushkin {
                 send_badge_counts: config.send_badge_counts,
             },
             convert_device_token_to_hex: config.convert_device_token_to_hex,
+            fan_out: FanOut::from_context(&ctx)?,
             transport,
         })
     }
 
     async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
-        let results = join_all(
-            notification
-                .devices
-                .iter()
-                .map(|device| self.dispatch_device(notification, device)),
-        )
-        .await;
-        let mut rejected = Vec::new();
-        let mut failure: Option<PushError> = None;
-        for result in results {
-            match result {
-                Ok(Some(pushkey)) => rejected.push(pushkey),
-                Ok(None) => {}
-                // Report a permanent failure over a temporary one: it needs the operator.
-                Err(err) => match &failure {
-                    Some(kept) if !kept.temporary || err.temporary => {}
-                    _ => failure = Some(err),
-                },
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(rejected),
-        }
+        self.fan_out
+            .run(&notification.devices, |device| {
+                self.dispatch_device(notification, device)
+            })
+            .await
     }
 }
 
@@ -101,22 +83,22 @@ fn log_key(pushkey: &str) -> &str {
 }
 
 impl ApnsPushkin {
-    /// Delivers to one device; `Some(pushkey)` when the pushkey is rejected.
+    /// Delivers to one device; `Ok(true)` when its pushkey is rejected.
     async fn dispatch_device(
         &self,
         notification: &Notification,
         device: &Device,
-    ) -> Result<Option<String>, PushError> {
+    ) -> Result<bool, PushError> {
         let key = log_key(&device.pushkey);
         let body = match payload::prepare(notification, device, self.payload_options) {
             Ok(Prepared::Send(body)) => body,
             Ok(Prepared::Nothing) => {
                 tracing::info!(app = %self.app_id, token = %key, "nothing to send for this notification");
-                return Ok(None);
+                return Ok(false);
             }
             Ok(Prepared::Reject(why)) => {
                 tracing::warn!(app = %self.app_id, token = %key, "rejecting pushkey: {why}");
-                return Ok(Some(device.pushkey.clone()));
+                return Ok(true);
             }
             Err(too_long) => {
                 // Retrying cannot shrink it (the pusher's default_payload or tweaks make it too
@@ -134,7 +116,7 @@ impl ApnsPushkin {
                     &Labels::new(&[("pushkin", &self.app_id), ("reason", "payload_too_large")]),
                     1.0,
                 );
-                return Ok(None);
+                return Ok(false);
             }
         };
         let Some(device_token) =
@@ -142,7 +124,7 @@ impl ApnsPushkin {
         else {
             // It cannot become a valid APNs token; Apple would answer BadDeviceToken.
             tracing::warn!(app = %self.app_id, token = %key, "rejecting pushkey: not base64");
-            return Ok(Some(device.pushkey.clone()));
+            return Ok(true);
         };
         let push = Push {
             device_token: &device_token,
@@ -155,8 +137,8 @@ impl ApnsPushkin {
             log_key: key,
         };
         match self.transport.send(push).await? {
-            Delivery::Delivered => Ok(None),
-            Delivery::Rejected { .. } => Ok(Some(device.pushkey.clone())),
+            Delivery::Delivered => Ok(false),
+            Delivery::Rejected { .. } => Ok(true),
         }
     }
 }

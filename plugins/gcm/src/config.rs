@@ -278,7 +278,7 @@ mod tests {
                 "apps.com.example.android.retry_delay_base:",
             ),
             (
-                json!({"api_key": "k", "send_badge_counts": "yes"}),
+                json!({"api_key": "k", "send_badge_counts": "sometimes"}),
                 "apps.com.example.android.send_badge_counts:",
             ),
             (

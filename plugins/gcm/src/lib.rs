@@ -15,7 +15,7 @@ pub mod transport;
 use config::{Api, GcmConfig};
 use std::time::Duration;
 use sygnal_plugin_api::http::{build_client, ClientOptions};
-use sygnal_plugin_api::{Notification, PushError, Pushkin, PushkinContext};
+use sygnal_plugin_api::{FanOut, Notification, PushError, Pushkin, PushkinContext};
 use transport::{Auth, Transport, TransportSettings};
 
 /// The FCM pushkin for one app.
@@ -59,6 +59,7 @@ impl Pushkin for GcmPushkin {
             // A request waits for a slot at most as long as one request may take.
             slot_wait: request_timeout,
             retry: config.retry,
+            fan_out: FanOut::from_context(&ctx)?,
             fcm_options: config.fcm_options,
             send_badge_counts: config.send_badge_counts,
             fallback_user_agent: ctx.host().user_agent.is_empty(),

@@ -11,7 +11,7 @@ use sygnal_plugin_api::http::describe_error;
 use sygnal_plugin_api::http::reqwest::{self, header};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
-use sygnal_plugin_api::{JsonObject, Labels, Metrics, Notification, PushError};
+use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
 use tokio::sync::Semaphore;
 
 /// The legacy API takes at most this many registration ids in one request.
@@ -82,6 +82,7 @@ pub struct Transport {
     /// How long a request may wait for one of the `max_connections` slots.
     slot_wait: Duration,
     retry: RetryPolicy,
+    fan_out: FanOut,
     fcm_options: JsonObject,
     send_badge_counts: bool,
     /// Sent when the host gave no User-Agent (the client sets the host's otherwise).
@@ -106,6 +107,8 @@ pub struct TransportSettings {
     pub slot_wait: Duration,
     /// `max_tries` / `retry_delay_base`.
     pub retry: RetryPolicy,
+    /// `max_concurrent_devices`: v1 requests of one notification in flight at once.
+    pub fan_out: FanOut,
     /// `fcm_options`.
     pub fcm_options: JsonObject,
     /// `send_badge_counts`.
@@ -125,6 +128,7 @@ impl Transport {
             slots: Semaphore::new(settings.max_connections),
             slot_wait: settings.slot_wait,
             retry: settings.retry,
+            fan_out: settings.fan_out,
             fcm_options: settings.fcm_options,
             send_badge_counts: settings.send_badge_counts,
             fallback_user_agent: settings.fallback_user_agent,
@@ -186,7 +190,7 @@ impl Transport {
         for result in join_all(batches).await {
             match result {
                 Ok(keys) => rejected.extend(keys),
-                Err(err) => failure = Some(worse(failure, err)),
+                Err(err) => failure = Some(PushError::worse(failure, err)),
             }
         }
         match failure {
@@ -270,31 +274,19 @@ impl Transport {
         }
     }
 
-    /// One request per device, concurrently (bounded by `max_connections`).
+    /// One request per device, at most `max_concurrent_devices` of them at once (and all of
+    /// the app's requests bounded by `max_connections`).
     async fn dispatch_v1(
         &self,
         notification: &Notification,
         tokens: &TokenSource,
         url: &str,
     ) -> Result<Vec<String>, PushError> {
-        let sends = notification
-            .devices
-            .iter()
-            .map(|device| self.send_v1(notification, device, tokens, url));
-        let results = join_all(sends).await;
-        let mut rejected = Vec::new();
-        let mut failure: Option<PushError> = None;
-        for (device, result) in notification.devices.iter().zip(results) {
-            match result {
-                Ok(true) => rejected.push(device.pushkey.clone()),
-                Ok(false) => {}
-                Err(err) => failure = Some(worse(failure, err)),
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(rejected),
-        }
+        self.fan_out
+            .run(&notification.devices, |device| {
+                self.send_v1(notification, device, tokens, url)
+            })
+            .await
     }
 
     /// Sends to one device; `Ok(true)` when its pushkey is rejected.
@@ -466,15 +458,6 @@ impl Transport {
             &self.no_labels,
             elapsed.as_secs_f64(),
         );
-    }
-}
-
-/// Of two failures, the one to report: a permanent failure says more about the configuration
-/// than a temporary one, so it wins; otherwise the first is kept.
-fn worse(kept: Option<PushError>, new: PushError) -> PushError {
-    match kept {
-        Some(kept) if !kept.temporary || new.temporary => kept,
-        _ => new,
     }
 }
 

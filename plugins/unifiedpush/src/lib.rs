@@ -5,26 +5,23 @@
 //! without its devices). 401-404 and 410 mean the endpoint is gone: the pushkey is rejected.
 //! Other failures are retried (`max_tries`, `retry_delay_base`), then reported as temporary.
 //! The endpoint comes from the client, so non-public addresses are refused unless
-//! `allowed_endpoints` lets them through (see [`ssrf`]); redirects are never followed, and
-//! responses are bounded in size and time.
+//! `allowed_endpoints` lets them through (the SDK's
+//! [`EndpointGuard`](sygnal_plugin_api::http::EndpointGuard)): a refused or non-existent
+//! endpoint is rejected, an unresolved one (a resolver failure) retried. Redirects are never
+//! followed, and responses are bounded in size and time. Devices are delivered at most
+//! `max_concurrent_devices` at a time.
 //!
 //! Built on plugin-api alone, as a third-party pushkin would be.
 
-pub mod ssrf;
-
-use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
-use ssrf::{check_endpoint, Allowlist, PublicOnlyResolver};
-use std::sync::Arc;
 use std::time::Duration;
-use sygnal_plugin_api::http::{self, Attempt, ClientOptions, RetryPolicy, RetrySettings};
+use sygnal_plugin_api::http::{
+    self, Allowlist, ClientOptions, EndpointGuard, RetrySettings, Sender, Verdict,
+};
 use sygnal_plugin_api::{
-    export_pushkin, serde_json, tracing, Notification, PluginInfo, PushError, Pushkin,
+    export_pushkin, serde_json, tracing, FanOut, Notification, PluginInfo, PushError, Pushkin,
     PushkinContext,
 };
-
-/// Response bodies are read up to this many bytes, then dropped.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The app section.
 #[derive(Debug, Deserialize)]
@@ -43,9 +40,9 @@ fn default_timeout() -> f64 {
 
 /// The UnifiedPush pushkin for one app.
 pub struct UnifiedPush {
-    client: reqwest::Client,
-    allowlist: Allowlist,
-    retry: RetryPolicy,
+    sender: Sender,
+    guard: EndpointGuard,
+    fan_out: FanOut,
 }
 
 use sygnal_plugin_api::http::reqwest;
@@ -77,27 +74,15 @@ pub fn request_body(notification: &Notification) -> Result<Vec<u8>, String> {
     .map_err(|err| format!("cannot encode the notification: {err}"))
 }
 
-/// What an endpoint's answer means.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Delivered.
-    Delivered,
-    /// The endpoint is gone for good: reject the pushkey.
-    Gone,
-    /// 413: the message is over what the push server takes (the spec's minimum is 4096
-    /// bytes). Retrying cannot help: dropped and logged, not failed.
-    TooLarge,
-    /// Try again.
-    Retry,
-}
-
-/// Classifies an endpoint's HTTP status.
+/// What an endpoint's HTTP status means: 401-404 and 410 say the endpoint is gone; 413 says the
+/// message is over what the push server takes (the spec's minimum is 4096 bytes), which no retry
+/// can fix; anything else but success is worth retrying (a distributor may be restarting).
 pub fn verdict(status: u16) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
-        401..=404 | 410 => Verdict::Gone,
-        413 => Verdict::TooLarge,
-        _ => Verdict::Retry,
+        401..=404 | 410 => Verdict::Reject,
+        413 => Verdict::Permanent,
+        _ => Verdict::Temporary,
     }
 }
 
@@ -112,109 +97,80 @@ impl Pushkin for UnifiedPush {
 
     fn new(ctx: PushkinContext) -> Result<Self, String> {
         let config: Config = ctx.config()?;
-        let key = |k: &str, err: String| format!("apps.{}.{k}: {err}", ctx.app_id());
         let retry = RetrySettings::from_context(&ctx)?;
         if !config.timeout.is_finite() || config.timeout <= 0.0 {
-            return Err(key(
-                "timeout",
-                "must be a positive number of seconds".into(),
-            ));
+            return Err(ctx.config_error("timeout", "must be a positive number of seconds"));
         }
-        let allowlist = Allowlist::new(config.allowed_endpoints);
+        let guard = EndpointGuard::new(Allowlist::new(config.allowed_endpoints));
         let options = ClientOptions {
             request_timeout: Duration::from_secs_f64(config.timeout),
             ..ClientOptions::default()
         };
         let client = http::client_builder(ctx.host(), &options)?
-            .dns_resolver(Arc::new(PublicOnlyResolver::new(allowlist.clone())))
+            .dns_resolver(guard.resolver())
             .build()
             .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
         Ok(UnifiedPush {
-            client,
-            allowlist,
-            retry,
+            sender: Sender::new(client, retry),
+            guard,
+            fan_out: FanOut::from_context(&ctx)?,
         })
     }
 
     async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
         let body = request_body(notification).map_err(PushError::permanent)?;
-        let deliveries = notification
-            .devices
-            .iter()
-            .map(|device| self.deliver(&device.pushkey, &body));
-        let mut rejected = Vec::new();
-        let mut failure = None;
-        for (device, outcome) in notification.devices.iter().zip(join_all(deliveries).await) {
-            match outcome {
-                Ok(true) => {}
-                Ok(false) => rejected.push(device.pushkey.clone()),
-                Err(err) => failure = Some(err),
-            }
-        }
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(rejected),
-        }
+        self.fan_out
+            .run(&notification.devices, |device| {
+                self.deliver(&device.pushkey, &body)
+            })
+            .await
     }
 }
 
 impl UnifiedPush {
-    /// Delivers to one endpoint: `Ok(true)` delivered, `Ok(false)` rejected.
+    /// Delivers to one endpoint: `Ok(true)` when the pushkey is rejected.
     async fn deliver(&self, endpoint: &str, body: &[u8]) -> Result<bool, PushError> {
         let url = match reqwest::Url::parse(endpoint) {
             Ok(url) => url,
             Err(err) => {
                 tracing::info!(error = %err, "pushkey is not a URL: rejected");
-                return Ok(false);
+                return Ok(true);
             }
         };
-        if let Err(refusal) = check_endpoint(&url, &self.allowlist).await {
+        if let Err(refusal) = self
+            .guard
+            .check_retrying(&url, self.sender.policy())
+            .await?
+        {
             tracing::warn!(host = url.host_str().unwrap_or(""), %refusal, "endpoint refused: rejected");
-            return Ok(false);
+            return Ok(true);
         }
-        let host = url.host_str().unwrap_or("").to_owned();
-        http::retry(&self.retry, |_| {
-            let request = self
-                .client
-                .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_vec());
-            let host = host.clone();
-            async move {
-                let response = match request.send().await {
-                    Ok(response) => response,
-                    Err(err) => {
-                        return Ok(Attempt::Retry {
-                            reason: format!(
-                                "endpoint {host} unreachable: {}",
-                                http::describe_error(err)
-                            ),
-                            retry_after: None,
-                        })
-                    }
-                };
-                let status = response.status().as_u16();
-                let retry_after = http::retry_after(response.headers());
-                // Drain (bounded) so the connection can be reused; the content is irrelevant.
-                let _ = http::read_body_limited(response, MAX_RESPONSE_BYTES).await;
-                Ok(match verdict(status) {
-                    Verdict::Delivered => Attempt::Done(true),
-                    Verdict::Gone => {
-                        tracing::info!(%host, status, "endpoint gone: pushkey rejected");
-                        Attempt::Done(false)
-                    }
-                    Verdict::TooLarge => {
-                        tracing::warn!(%host, bytes = body.len(), "endpoint refused the message as too large (413): dropped");
-                        Attempt::Done(true)
-                    }
-                    Verdict::Retry => Attempt::Retry {
-                        reason: format!("endpoint {host} answered {status}"),
-                        retry_after,
-                    },
-                })
+        let host = url.host_str().unwrap_or("");
+        let upstream = format!("endpoint {host}");
+        let (verdict, answer) = self
+            .sender
+            .send(
+                &upstream,
+                |client| {
+                    client
+                        .post(url.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_vec())
+                },
+                |answer| verdict(answer.status.as_u16()),
+            )
+            .await?;
+        match verdict {
+            Verdict::Reject => {
+                tracing::info!(%host, status = answer.status.as_u16(), "endpoint gone: pushkey rejected");
+                Ok(true)
             }
-        })
-        .await
+            Verdict::Permanent => {
+                tracing::warn!(%host, bytes = body.len(), "endpoint refused the message as too large (413): dropped");
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
     }
 }
 
@@ -263,11 +219,11 @@ mod tests {
         assert_eq!(verdict(200), Verdict::Delivered);
         assert_eq!(verdict(202), Verdict::Delivered);
         for gone in [401, 402, 403, 404, 410] {
-            assert_eq!(verdict(gone), Verdict::Gone, "{gone}");
+            assert_eq!(verdict(gone), Verdict::Reject, "{gone}");
         }
-        assert_eq!(verdict(413), Verdict::TooLarge);
+        assert_eq!(verdict(413), Verdict::Permanent);
         for retry in [400, 408, 429, 500, 502, 503, 301] {
-            assert_eq!(verdict(retry), Verdict::Retry, "{retry}");
+            assert_eq!(verdict(retry), Verdict::Temporary, "{retry}");
         }
     }
 }

@@ -89,6 +89,8 @@ struct Script {
     received: Vec<Received>,
     replies: HashMap<String, VecDeque<Reply>>,
     default_reply: Option<Reply>,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The running fake, its TLS identity and the `.p8` key the gateway signs with.
@@ -164,6 +166,11 @@ impl FakeApns {
         self.script.lock().expect("script").default_reply = Some(reply);
     }
 
+    /// The most requests this fake was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.script.lock().expect("script").max_in_flight
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().expect("script").received.clone()
     }
@@ -229,6 +236,8 @@ async fn handle(
         let mut script = script.lock().expect("script");
         let token = received.token().to_owned();
         script.received.push(received);
+        script.in_flight += 1;
+        script.max_in_flight = script.max_in_flight.max(script.in_flight);
         script
             .replies
             .get_mut(&token)
@@ -239,6 +248,7 @@ async fn handle(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    script.lock().expect("script").in_flight -= 1;
     let status = StatusCode::from_u16(reply.status).expect("status");
     let apns_id = parts
         .headers

@@ -4,7 +4,6 @@ use super::fake_fcm::Reply;
 use super::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
-use sygnal_tests::gateway::Gateway;
 
 #[tokio::test]
 async fn legacy_request_carries_the_key_options_and_every_data_field() {

@@ -6,7 +6,6 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sygnal_tests::gateway::Gateway;
 
 #[tokio::test]
 async fn v1_request_shape_and_auth() {
@@ -297,6 +296,25 @@ async fn v1_max_connections_bounds_concurrent_requests() {
         "concurrent, but at most 3"
     );
     assert!(started.elapsed() >= Duration::from_millis(4 * 150));
+}
+
+#[tokio::test]
+async fn v1_max_concurrent_devices_bounds_one_notifications_fan_out() {
+    let up = Upstream::http().await;
+    up.fake.delay_ms.store(100, Ordering::SeqCst);
+    let gateway = Gateway::builder(&up.v1_app("  max_concurrent_devices: 2\n"))
+        .start()
+        .await;
+    let keys: Vec<String> = (0..8).map(|n| key(&format!("f{n}"))).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (status, answer) = gateway.notify(notification(&refs)).await;
+    assert_eq!((status, rejected(&answer)), (200, vec![]));
+    assert_eq!(up.fake.fcm_requests().len(), 8);
+    assert_eq!(
+        up.fake.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "max_connections is 20: the device bound is what holds"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! OpenSSL, no C build), the public roots plus whatever the host adds (`SSL_CERT_FILE`), the
 //! host's CONNECT proxy, optional client certificates, no redirects, and bounded waits.
 //! [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
-//! `Retry-After`).
+//! `Retry-After`); [`Sender`] sends one request with it and classifies the answer; [`endpoint`]
+//! guards client-given endpoints (UnifiedPush, WebPush) against reaching private networks.
 
 use crate::{HostInfo, PushError};
 use rustls_pki_types::pem::PemObject;
@@ -14,6 +15,12 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use reqwest;
+
+pub mod endpoint;
+mod send;
+
+pub use endpoint::{Allowlist, EndpointGuard, Refusal};
+pub use send::{default_verdict, Answer, Sender, Verdict};
 
 /// How an HTTP pushkin wants its client built.
 #[derive(Debug, Clone)]
@@ -181,15 +188,13 @@ impl RetrySettings {
         let key_error = |key: &str, why: &str| format!("apps.{}.{key}: {why}", ctx.app_id());
         let max_tries = match config.get("max_tries") {
             None | Some(serde_json::Value::Null) => defaults.max_tries,
-            Some(value) => value
-                .as_u64()
+            Some(value) => crate::lenient::as_u64(value)
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| key_error("max_tries", "must be a positive integer"))?,
         };
         let retry_delay_base = match config.get("retry_delay_base") {
             None | Some(serde_json::Value::Null) => defaults.retry_delay_base,
-            Some(value) => value
-                .as_f64()
+            Some(value) => crate::lenient::as_f64(value)
                 .ok_or_else(|| key_error("retry_delay_base", "must be a number of seconds"))?,
         };
         RetrySettings {
