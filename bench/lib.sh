@@ -159,6 +159,9 @@ make_secrets() {
   # The APNs provider-token key (ES256, PKCS#8 like Apple's .p8).
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$t/apns_key.p8" 2>/dev/null ||
     die "openssl: APNs key"
+  # The WebPush VAPID key (P-256).
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$t/vapid_key.pem" 2>/dev/null ||
+    die "openssl: VAPID key"
   # The FCM v1 service account (RSA-2048), token_uri = the fake token endpoint.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$t/sa_key.pem" 2>/dev/null ||
     die "openssl: service-account key"
@@ -233,8 +236,9 @@ check_upstreams() {
 
 # --- the gateway ------------------------------------------------------------------------------
 # Apps with Sygnal's and the pushkins' default settings: only what a deployment must set
-# (credentials, and the endpoint pointing at the fakes). One app per built-in plugin is always
-# configured, so every built-in library is loaded and counted in the RSS.
+# (credentials, and the endpoint pointing at the fakes). One app per built-in plugin (apns, gcm,
+# unifiedpush, webpush) is always configured, so every built-in library is loaded and counted in
+# the RSS.
 #   $1 = the gateway config file; $2 = fcm-legacy | fcm-v1 (what app com.example.gcm is, as in
 #   ../shared/perf); $3 = extra YAML appended under `apps:` (2-space indented entries)
 write_gateway_config() {
@@ -295,6 +299,10 @@ $gcm_app
   com.example.up:
     type: unifiedpush
     allowed_endpoints: ['127.0.0.1']
+  com.example.webpush:
+    type: webpush
+    vapid_private_key: "$WORK/tls/vapid_key.pem"
+    vapid_contact_email: bench@example.org
 $extra_apps
 YAML
 }
