@@ -1,7 +1,7 @@
 //! `sygnal.yaml`: Sygnal's configuration format, plus the keys this gateway adds.
 //!
 //! Any existing Sygnal config loads: unknown keys are warned about (as Sygnal does), and
-//! Sygnal's Python `log.setup` dictConfig is mapped where it can be (level, log file). Errors
+//! Sygnal's Python `log.setup` dictConfig is followed ([`crate::log_setup`]). Errors
 //! name the key, e.g. `http.port: invalid type: string "x", expected u16`.
 
 use serde::Deserialize;
@@ -75,15 +75,18 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {
-    /// Sygnal's Python logging dictConfig; mapped onto `level` and `file` where possible.
+    /// Sygnal's Python logging dictConfig: handlers, formatters, loggers (see `log_setup`).
     pub setup: Option<serde_yaml::Value>,
     /// Sygnal's access-log options.
     pub access: AccessLogConfig,
-    /// Added: the log level (error, warn, info, debug, trace). Overrides `setup`.
+    /// Added: the log level (error, warn, info, debug, trace); with `setup`, the level of the
+    /// root and of every configured logger.
     pub level: Option<String>,
-    /// Added: `text` (default) or `json`.
+    /// Added: `text` (default; with `setup`, each handler's own format) or `json` (every
+    /// handler).
     pub format: Option<String>,
-    /// Added: append logs to this file instead of stderr. Overrides `setup`.
+    /// Added: append logs to this file instead of stderr; with `setup`, what every stream and
+    /// file handler writes goes there instead.
     pub file: Option<PathBuf>,
 }
 
@@ -91,7 +94,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct AccessLogConfig {
-    /// Log the client address from `X-Forwarded-For`.
+    /// The access log's client address is the first address of `X-Forwarded-For` (when the
+    /// request has one) rather than the connection's peer.
     pub x_forwarded_for: bool,
 }
 
@@ -492,27 +496,6 @@ pub fn effective_proxy(config: &Config) -> Option<String> {
     })
 }
 
-/// The log level Sygnal's dictConfig asks for (`root.level`, else the `sygnal` logger's).
-pub fn dictconfig_level(setup: &serde_yaml::Value) -> Option<String> {
-    let root = setup.get("root").and_then(|r| r.get("level"));
-    let sygnal = setup
-        .get("loggers")
-        .and_then(|l| l.get("sygnal"))
-        .and_then(|l| l.get("level"));
-    root.or(sygnal)
-        .and_then(serde_yaml::Value::as_str)
-        .map(str::to_owned)
-}
-
-/// The log file Sygnal's dictConfig writes to (the first handler with a `filename`).
-pub fn dictconfig_file(setup: &serde_yaml::Value) -> Option<PathBuf> {
-    setup
-        .get("handlers")?
-        .as_mapping()?
-        .values()
-        .find_map(|handler| handler.get("filename")?.as_str().map(PathBuf::from))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,8 +563,7 @@ apps:
         assert_eq!(android.inflight_request_limit, 10);
         assert_eq!(loaded.apps[1].inflight_request_limit, 512);
         assert_eq!(loaded.apps[1].section["key_id"], "MY_KEY_ID");
-        let setup = loaded.config.log.setup.as_ref().unwrap();
-        assert_eq!(dictconfig_level(setup).as_deref(), Some("DEBUG"));
+        assert!(loaded.config.log.setup.is_some());
     }
 
     #[test]
@@ -723,18 +705,6 @@ apps:
                 format!("duplicate config key `database` (line {database_line}): the last one wins"),
                 "unknown config key `database` ignored".to_owned(),
             ]
-        );
-    }
-
-    #[test]
-    fn maps_dictconfig_file_handler() {
-        let setup: serde_yaml::Value = serde_yaml::from_str(
-            "handlers:\n  file:\n    class: logging.handlers.WatchedFileHandler\n    filename: /var/log/sygnal.log\n",
-        )
-        .unwrap();
-        assert_eq!(
-            dictconfig_file(&setup),
-            Some(PathBuf::from("/var/log/sygnal.log"))
         );
     }
 }

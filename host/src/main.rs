@@ -4,8 +4,10 @@
 //! libraries) -> [`apps`] (the routing table, built a [`generation`] at a time) -> [`api`]
 //! (HTTP) -> [`dispatch`] -> the response. [`reload`] rebuilds the table on SIGHUP. Around
 //! them, [`lifecycle`] runs the process: [`listeners`], the HTTP [`server`], signals, binary
-//! [`upgrade`]s, [`systemd`].
+//! [`upgrade`]s, [`systemd`]; and [`logging`] writes what happens, as Sygnal's `log.setup`
+//! says, with the [`access_log`].
 
+mod access_log;
 mod api;
 mod apps;
 mod commands;
@@ -18,6 +20,9 @@ mod health;
 mod lifecycle;
 mod listeners;
 mod log_file;
+mod log_format;
+mod log_layer;
+mod log_setup;
 mod logging;
 mod metrics;
 mod notify;
