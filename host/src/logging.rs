@@ -8,6 +8,7 @@ use crate::log_layer::PyLogging;
 use crate::log_setup::{self, Format};
 use abi_stable::std_types::RStr;
 use sygnal_plugin_api::abi::LogLevel;
+use sygnal_plugin_api::trace::SPAN_RECORD_TARGET;
 use tracing::level_filters::LevelFilter;
 
 /// Installs the global logger from `log`. Returns the most verbose level any line is written
@@ -46,7 +47,8 @@ pub fn plugin_max_level(level: LevelFilter) -> LogLevel {
 }
 
 /// The log sink handed to plugins: re-emits each record in the host's logger, its fields
-/// where a host line carries them (see [`crate::plugin_log`]).
+/// where a host line carries them (see [`crate::plugin_log`]), and hands finished spans to
+/// the trace exporter.
 pub extern "C" fn plugin_log_sink(
     level: LogLevel,
     plugin: RStr<'_>,
@@ -56,6 +58,10 @@ pub extern "C" fn plugin_log_sink(
 ) {
     // A panic must not unwind into the plugin's frames.
     let _ = std::panic::catch_unwind(|| {
+        // A finished span, not a line (sygnal_plugin_api::trace): never printed.
+        if level == LogLevel::Off && target.as_str() == SPAN_RECORD_TARGET {
+            return crate::otel::plugin_span(fields.as_str());
+        }
         crate::plugin_log::emit(
             level,
             plugin.as_str(),
