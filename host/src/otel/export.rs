@@ -204,3 +204,51 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn span() -> FinishedSpan {
+        FinishedSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: Cow::Borrowed("test"),
+            kind: super::super::SpanKind::Internal,
+            start_unix_nano: 1,
+            end_unix_nano: 2,
+            attributes: Vec::new(),
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_and_a_failed_export_drop_spans_and_count_them() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let config = OpenTelemetryConfig {
+            enabled: true,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            max_queue_size: 1,
+            export_timeout: 5.0,
+            ..OpenTelemetryConfig::default()
+        };
+        let exporter = Exporter::start(&config, &HostInfo::default()).unwrap();
+        // A current-thread runtime: the exporter's task has not run yet, so one span fits.
+        for _ in 0..3 {
+            exporter.send(span());
+        }
+        exporter.flush(Duration::from_secs(20)).await;
+        let text = registry().render();
+        for line in [
+            "sygnal_otel_spans_dropped_total{reason=\"queue_full\"} 2.0",
+            "sygnal_otel_spans_dropped_total{reason=\"export_failed\"} 1.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+}
