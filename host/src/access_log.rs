@@ -79,7 +79,7 @@ impl Pending {
             request: &self,
             status: response.status().as_u16(),
             length: response.body().size_hint().exact(),
-            elapsed_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
         if self.health {
             tracing::debug!(target: "sygnal::access", "Handled request: {line}");
@@ -94,7 +94,7 @@ struct Line<'a> {
     request: &'a Pending,
     status: u16,
     length: Option<u64>,
-    elapsed_ms: f64,
+    elapsed_us: u64,
 }
 
 impl fmt::Display for Line<'_> {
@@ -128,10 +128,11 @@ impl fmt::Display for Line<'_> {
         }
         write!(
             f,
-            " \"{}\" \"{}\" {:.3}ms",
+            " \"{}\" \"{}\" {}.{:03}ms",
             header(&request.referer),
             header(&request.user_agent),
-            self.elapsed_ms
+            self.elapsed_us / 1000,
+            self.elapsed_us % 1000
         )
     }
 }
@@ -149,13 +150,24 @@ struct Escaped<'a>(&'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &byte in self.0 {
+        let mut rest = self.0;
+        while !rest.is_empty() {
+            // The longest run written as is, in one piece.
+            let plain = rest
+                .iter()
+                .position(|&b| !(0x20..=0x7e).contains(&b) || b == b'"' || b == b'\\')
+                .unwrap_or(rest.len());
+            // ASCII printable bytes: always UTF-8.
+            f.write_str(std::str::from_utf8(&rest[..plain]).unwrap_or_default())?;
+            let Some((&byte, after)) = rest[plain..].split_first() else {
+                break;
+            };
             match byte {
                 b'"' => f.write_str("\\\"")?,
                 b'\\' => f.write_str("\\\\")?,
-                0x20..=0x7e => fmt::Write::write_char(f, byte as char)?,
                 other => write!(f, "\\x{other:02x}")?,
             }
+            rest = after;
         }
         Ok(())
     }
@@ -186,7 +198,7 @@ mod tests {
             request: &request,
             status: 200,
             length: Some(15),
-            elapsed_ms: 1.23456,
+            elapsed_us: 1235,
         }
         .to_string();
         let (start, rest) = line.split_once(" [").unwrap();
@@ -205,7 +217,7 @@ mod tests {
             request: &request,
             status: 502,
             length: None,
-            elapsed_ms: 0.0,
+            elapsed_us: 0,
         }
         .to_string();
         assert!(line.starts_with("\"203.0.113.9\" - - ["), "{line}");

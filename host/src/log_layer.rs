@@ -18,6 +18,7 @@ use crate::log_format::{Field, FieldValue, Formatter, PyFormat, Record, SpanView
 use crate::log_setup::{Destination, Format, LogPlan, LoggerPlan};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::hash::BuildHasherDefault;
 use std::io::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -95,7 +96,7 @@ pub struct Router {
     handler_levels: Vec<u8>,
     loggers: BTreeMap<String, LoggerPlan>,
     /// Routes by target, computed on first use and kept (targets are few and static).
-    routes: RwLock<HashMap<Box<str>, &'static Route>>,
+    routes: RwLock<HashMap<Box<str>, &'static Route, BuildHasherDefault<Fnv>>>,
 }
 
 impl Router {
@@ -104,7 +105,7 @@ impl Router {
         Router {
             handler_levels: plan.handlers.iter().map(|h| h.level).collect(),
             loggers: plan.loggers.clone(),
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::default()),
         }
     }
 
@@ -167,6 +168,28 @@ impl Router {
             }
         }
         LevelFilter::OFF
+    }
+}
+
+/// FNV-1a: targets are short, and the route of each line is looked up by its target.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -367,6 +390,8 @@ impl Visit for Visitor {
 
     fn record_debug(&mut self, field: &TracingField, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
+            // One allocation for a usual line rather than several as it grows.
+            self.message.reserve(256);
             let _ = write!(self.message, "{value:?}");
         } else {
             self.put(field, FieldValue::Shown(format!("{value:?}")));

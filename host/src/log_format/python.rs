@@ -169,6 +169,17 @@ impl PyFormat {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => out.push_str(text),
+                // The common `%(message)s`: written in place, without a copy.
+                Piece::Field {
+                    key: Key::Message,
+                    spec:
+                        Spec {
+                            width: 0,
+                            precision: None,
+                            conversion: 's',
+                            ..
+                        },
+                } => self.write_message(record, out),
                 Piece::Field { key, spec } => {
                     let value = self.value(*key, record);
                     apply(spec, value, out);
@@ -198,10 +209,14 @@ impl PyFormat {
             Key::LevelName => PyValue::Text(Cow::Borrowed(python_level_name(record.level))),
             Key::LevelNo => PyValue::Int(i64::from(python_level_number(record.level))),
             Key::Name => PyValue::Text(Cow::Borrowed(record.logger)),
-            Key::Message => PyValue::Text(Cow::Owned(self.message(record))),
+            Key::Message => {
+                let mut text = String::with_capacity(record.message.len() + 32);
+                self.write_message(record, &mut text);
+                PyValue::Text(Cow::Owned(text))
+            }
             Key::Msg => PyValue::Text(Cow::Borrowed(record.message)),
             Key::Request => PyValue::Text(Cow::Borrowed(record.request_id.unwrap_or("-"))),
-            Key::Process => PyValue::Int(i64::from(std::process::id())),
+            Key::Process => PyValue::Int(i64::from(process_id())),
             Key::ProcessName => PyValue::Text(Cow::Borrowed("MainProcess")),
             Key::Thread => PyValue::Int(crate::sys::thread_id()),
             Key::ThreadName => PyValue::Text(Cow::Owned(
@@ -231,8 +246,8 @@ impl PyFormat {
     }
 
     /// `%(message)s`: `[request id] text key=value ...`, as Sygnal's lines read.
-    fn message(&self, record: &Record<'_>) -> String {
-        let mut text = String::with_capacity(record.message.len() + 32);
+    fn write_message(&self, record: &Record<'_>, text: &mut String) {
+        let start = text.len();
         if let (Some(id), false) = (record.request_id, self.has_request) {
             text.push('[');
             text.push_str(id);
@@ -245,18 +260,23 @@ impl PyFormat {
             .iter()
             .chain(span_fields.filter(|(name, _)| *name != "request_id"))
         {
-            if !text.is_empty() {
+            if text.len() > start {
                 text.push(' ');
             }
             text.push_str(name);
             text.push('=');
-            value.write_text(&mut text);
+            value.write_text(text);
         }
-        text
     }
 }
 
 static PROCESS_START: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+
+/// The process id, asked once (`getpid` is a system call).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
 
 /// Notes the time `%(relativeCreated)d` counts from (call when logging starts).
 pub fn mark_start() {

@@ -44,14 +44,34 @@ pub fn write_rfc3339(time: SystemTime, out: &mut String) {
     );
 }
 
-/// Twisted's access-log time: `[30/Jan/2025:12:34:56 +0000]`.
+/// Twisted's access-log time: `[30/Jan/2025:12:34:56 +0000]`. The text is cached per thread
+/// for the current second.
 pub fn write_access_time(time: SystemTime, out: &mut impl std::fmt::Write) -> std::fmt::Result {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y, mo, d, h, mi, s, _) = utc_parts(time);
-    let month = MONTHS[(mo as usize).saturating_sub(1) % 12];
-    write!(out, "[{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000]")
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            let (y, mo, d, h, mi, s, _) = utc_parts(time);
+            let month = MONTHS[(mo as usize).saturating_sub(1) % 12];
+            last.1.clear();
+            write!(
+                last.1,
+                "[{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000]"
+            )?;
+            last.0 = secs;
+        }
+        out.write_str(&last.1)
+    })
 }
 
 /// Local time of `secs` with `strftime` pattern `datefmt` (Python's default without one).
