@@ -5,6 +5,7 @@ use crate::dedup::Dedup;
 use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
+use crate::otel;
 use crate::server::BodyRefused;
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
@@ -214,16 +215,25 @@ async fn notify_get(State(state): State<Arc<AppState>>) -> Response {
 
 async fn notify(
     State(state): State<Arc<AppState>>,
+    caller: otel::Incoming,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let request_id = state.next_request_id();
     let span = tracing::info_span!("notify", request_id = %request_id);
-    let response = handle_notify(&state, &request_id, body, started + state.notify_timeout)
-        .instrument(span)
-        .await;
-    state.metrics.finish(response.status().as_u16(), started);
+    let trace = otel::start_request(&caller, NOTIFY_PATH, &request_id);
+    let handler =
+        handle_notify(&state, &request_id, body, started + state.notify_timeout).instrument(span);
+    let response = match &trace {
+        Some(trace) => trace.scope(handler).await,
+        None => handler.await,
+    };
+    let status = response.status().as_u16();
+    state.metrics.finish(status, started);
+    if let Some(trace) = trace {
+        trace.finish(status);
+    }
     response
 }
 

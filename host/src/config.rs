@@ -1,7 +1,7 @@
 //! `sygnal.yaml`: Sygnal's configuration format, plus the keys this gateway adds.
 //!
 //! Any existing Sygnal config loads: unknown keys are warned about (as Sygnal does), and
-//! Sygnal's Python `log.setup` dictConfig is mapped where it can be (level, log file). Errors
+//! Sygnal's Python `log.setup` dictConfig is followed ([`crate::log_setup`]). Errors
 //! name the key, e.g. `http.port: invalid type: string "x", expected u16`.
 
 use serde::Deserialize;
@@ -75,15 +75,18 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {
-    /// Sygnal's Python logging dictConfig; mapped onto `level` and `file` where possible.
+    /// Sygnal's Python logging dictConfig: handlers, formatters, loggers (see `log_setup`).
     pub setup: Option<serde_yaml::Value>,
     /// Sygnal's access-log options.
     pub access: AccessLogConfig,
-    /// Added: the log level (error, warn, info, debug, trace). Overrides `setup`.
+    /// Added: the log level (error, warn, info, debug, trace); with `setup`, the level of the
+    /// root and of every configured logger.
     pub level: Option<String>,
-    /// Added: `text` (default) or `json`.
+    /// Added: `text` (default; with `setup`, each handler's own format) or `json` (every
+    /// handler).
     pub format: Option<String>,
-    /// Added: append logs to this file instead of stderr. Overrides `setup`.
+    /// Added: append logs to this file instead of stderr; with `setup`, what every stream and
+    /// file handler writes goes there instead.
     pub file: Option<PathBuf>,
 }
 
@@ -91,7 +94,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct AccessLogConfig {
-    /// Log the client address from `X-Forwarded-For`.
+    /// The access log's client address is the first address of `X-Forwarded-For` (when the
+    /// request has one) rather than the connection's peer.
     pub x_forwarded_for: bool,
 }
 
@@ -155,10 +159,88 @@ impl Default for HttpConfig {
 pub struct MetricsConfig {
     /// The Prometheus listener.
     pub prometheus: PrometheusConfig,
-    /// Accepted for compatibility; not supported yet.
+    /// Sygnal's OpenTracing (Jaeger) section: accepted, warned about when enabled, unused.
     pub opentracing: Option<serde_yaml::Value>,
+    /// Added: OpenTelemetry traces over OTLP/HTTP.
+    pub opentelemetry: OpenTelemetryConfig,
     /// Error reports to Sentry.
     pub sentry: SentryConfig,
+}
+
+/// `metrics.opentelemetry` (added): a span per request, per dispatch and per upstream try,
+/// exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OpenTelemetryConfig {
+    /// Export traces.
+    pub enabled: bool,
+    /// The OTLP/HTTP endpoint: a base URL (`http://collector:4318`, traces go to its
+    /// `/v1/traces`) or the full traces URL (any other path).
+    pub endpoint: String,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+    /// The share of requests traced when the caller's `traceparent` does not decide (0 to 1).
+    pub sample_rate: f64,
+    /// Extra HTTP headers on every export (an API key for a hosted backend).
+    pub headers: BTreeMap<String, String>,
+    /// Seconds one export may take.
+    pub export_timeout: f64,
+    /// Finished spans waiting for export, at most; more are dropped and counted.
+    pub max_queue_size: usize,
+}
+
+impl Default for OpenTelemetryConfig {
+    fn default() -> Self {
+        OpenTelemetryConfig {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318".to_owned(),
+            service_name: "sygnal".to_owned(),
+            sample_rate: 1.0,
+            headers: BTreeMap::new(),
+            export_timeout: 10.0,
+            max_queue_size: crate::otel::export::MAX_QUEUE,
+        }
+    }
+}
+
+impl OpenTelemetryConfig {
+    /// Where spans are posted: the endpoint's `/v1/traces` when it is a base URL.
+    pub fn traces_url(&self) -> String {
+        let endpoint = self.endpoint.trim_end_matches('/');
+        let path_start = endpoint
+            .find("://")
+            .map(|scheme| scheme + 3)
+            .and_then(|host| endpoint[host..].find('/').map(|path| host + path));
+        match path_start {
+            Some(_) => endpoint.to_owned(),
+            None => format!("{endpoint}/v1/traces"),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        sygnal_plugin_api::http::base_url(&self.traces_url())
+            .map_err(|why| format!("metrics.opentelemetry.endpoint: {why}"))?;
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err("metrics.opentelemetry.sample_rate: must be between 0 and 1".to_owned());
+        }
+        let timeout = self.export_timeout;
+        if !timeout.is_finite() || timeout <= 0.0 || timeout > 300.0 {
+            return Err(
+                "metrics.opentelemetry.export_timeout: must be a positive number of seconds (at most 300)"
+                    .to_owned(),
+            );
+        }
+        if self.max_queue_size == 0 {
+            return Err("metrics.opentelemetry.max_queue_size: must be at least 1".to_owned());
+        }
+        if self.service_name.is_empty() {
+            return Err("metrics.opentelemetry.service_name: must not be empty".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// `metrics.sentry`, as Sygnal has it.
@@ -389,8 +471,12 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
         .and_then(|v| v.get("enabled"))
         .is_some_and(yaml_bool);
     if opentracing_enabled {
-        warnings.push("metrics.opentracing is not supported yet and is ignored".to_owned());
+        warnings.push(
+            "metrics.opentracing (Jaeger) is not supported and is ignored: use metrics.opentelemetry, which exports OTLP (Jaeger, Tempo and the OpenTelemetry Collector take it)"
+                .to_owned(),
+        );
     }
+    config.metrics.opentelemetry.validate()?;
     config.metrics.sentry.dsn()?;
     if let Some(format) = &config.log.format {
         if format != "text" && format != "json" {
@@ -492,27 +578,6 @@ pub fn effective_proxy(config: &Config) -> Option<String> {
     })
 }
 
-/// The log level Sygnal's dictConfig asks for (`root.level`, else the `sygnal` logger's).
-pub fn dictconfig_level(setup: &serde_yaml::Value) -> Option<String> {
-    let root = setup.get("root").and_then(|r| r.get("level"));
-    let sygnal = setup
-        .get("loggers")
-        .and_then(|l| l.get("sygnal"))
-        .and_then(|l| l.get("level"));
-    root.or(sygnal)
-        .and_then(serde_yaml::Value::as_str)
-        .map(str::to_owned)
-}
-
-/// The log file Sygnal's dictConfig writes to (the first handler with a `filename`).
-pub fn dictconfig_file(setup: &serde_yaml::Value) -> Option<PathBuf> {
-    setup
-        .get("handlers")?
-        .as_mapping()?
-        .values()
-        .find_map(|handler| handler.get("filename")?.as_str().map(PathBuf::from))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,8 +645,7 @@ apps:
         assert_eq!(android.inflight_request_limit, 10);
         assert_eq!(loaded.apps[1].inflight_request_limit, 512);
         assert_eq!(loaded.apps[1].section["key_id"], "MY_KEY_ID");
-        let setup = loaded.config.log.setup.as_ref().unwrap();
-        assert_eq!(dictconfig_level(setup).as_deref(), Some("DEBUG"));
+        assert!(loaded.config.log.setup.is_some());
     }
 
     #[test]
@@ -624,6 +688,48 @@ apps:
         ] {
             let err = with(http).unwrap_err();
             assert!(err.starts_with(key), "{http}: {err}");
+        }
+    }
+
+    #[test]
+    fn opentelemetry_is_checked_and_opentracing_points_to_it() {
+        let with =
+            |metrics: &str| parse(&format!("metrics:\n{metrics}\napps:\n  a:\n    type: x\n"));
+        let loaded = with("  opentracing:\n    enabled: true\n    implementation: jaeger\n  opentelemetry:\n    enabled: yes\n    endpoint: http://collector:4318/\n    sample_rate: '0.25'").unwrap();
+        assert!(
+            loaded.warnings[0].contains("use metrics.opentelemetry"),
+            "{:?}",
+            loaded.warnings
+        );
+        let otel = &loaded.config.metrics.opentelemetry;
+        assert!(otel.enabled);
+        assert_eq!(otel.sample_rate, 0.25);
+        assert_eq!(otel.traces_url(), "http://collector:4318/v1/traces");
+        let full = OpenTelemetryConfig {
+            endpoint: "https://otlp.example.org/api/traces".to_owned(),
+            ..OpenTelemetryConfig::default()
+        };
+        assert_eq!(full.traces_url(), "https://otlp.example.org/api/traces");
+        for (metrics, key) in [
+            (
+                "  opentelemetry: {enabled: true, sample_rate: 2}",
+                "metrics.opentelemetry.sample_rate:",
+            ),
+            (
+                "  opentelemetry: {enabled: true, endpoint: 'ftp://x'}",
+                "metrics.opentelemetry.endpoint:",
+            ),
+            (
+                "  opentelemetry: {enabled: true, export_timeout: 0}",
+                "metrics.opentelemetry.export_timeout:",
+            ),
+            (
+                "  opentelemetry: {enabled: true, max_queue_size: 0}",
+                "metrics.opentelemetry.max_queue_size:",
+            ),
+        ] {
+            let err = with(metrics).unwrap_err();
+            assert!(err.starts_with(key), "{metrics}: {err}");
         }
     }
 
@@ -723,18 +829,6 @@ apps:
                 format!("duplicate config key `database` (line {database_line}): the last one wins"),
                 "unknown config key `database` ignored".to_owned(),
             ]
-        );
-    }
-
-    #[test]
-    fn maps_dictconfig_file_handler() {
-        let setup: serde_yaml::Value = serde_yaml::from_str(
-            "handlers:\n  file:\n    class: logging.handlers.WatchedFileHandler\n    filename: /var/log/sygnal.log\n",
-        )
-        .unwrap();
-        assert_eq!(
-            dictconfig_file(&setup),
-            Some(PathBuf::from("/var/log/sygnal.log"))
         );
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::apps::{App, AppTable};
 use crate::notify::ParsedNotify;
+use crate::otel;
 use abi_stable::std_types::{RResult, RStr};
 use futures_util::future::join_all;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub enum Failure {
 struct Batch {
     app: Arc<App>,
     devices_json: String,
+    devices: usize,
 }
 
 /// Routes the devices, dispatches each app's batch concurrently and joins the outcomes: the
@@ -52,6 +54,7 @@ pub async fn dispatch(
             .find(|batch| Arc::ptr_eq(&batch.app, app))
         {
             Some(batch) => {
+                batch.devices += 1;
                 batch.devices_json.pop();
                 batch.devices_json.push(',');
                 batch.devices_json.push_str(device.raw.get());
@@ -65,6 +68,7 @@ pub async fn dispatch(
                 batches.push(Batch {
                     app: Arc::clone(app),
                     devices_json,
+                    devices: 1,
                 });
             }
         }
@@ -83,8 +87,13 @@ pub async fn dispatch(
             failure = failure.max(Some(Failure::Dispatch));
             continue;
         };
+        // Traced, the plugin gets the trace context with the request id (docs/plugin-abi.md).
+        let trace = otel::start_dispatch(&batch.app.id, &batch.app.kind, batch.devices);
+        let traced_id = trace
+            .as_ref()
+            .map(|span| span.plugin_request_id(request_id));
         let future = batch.app.pushkin.dispatch(
-            RStr::from_str(request_id),
+            RStr::from_str(traced_id.as_deref().unwrap_or(request_id)),
             RStr::from_str(notification_json),
             RStr::from_str(&batch.devices_json),
         );
@@ -93,6 +102,9 @@ pub async fn dispatch(
         pending.push(async move {
             let started = Instant::now();
             let outcome = future.await;
+            if let Some(trace) = trace {
+                trace.finish(&outcome);
+            }
             app.dispatch_time.observe(started.elapsed().as_secs_f64());
             drop(slot);
             (app, outcome)

@@ -6,6 +6,7 @@
 //! - SIGTERM/SIGINT: stop accepting, drain within `http.shutdown_timeout`, exit 0. A second
 //!   SIGTERM or SIGINT during the drain exits at once (status 1).
 
+use crate::access_log::AccessLog;
 use crate::api::{self, AppState};
 use crate::apps::AppTable;
 use crate::config::Config;
@@ -59,7 +60,10 @@ pub async fn run(
         api::MAX_BODY_BYTES,
         fd_limit(&startup.fd_limit),
     );
-    let servers = Servers::start(listeners.api, listeners.metrics, &state, limits);
+    let access_log = AccessLog {
+        x_forwarded_for: config.log.access.x_forwarded_for,
+    };
+    let servers = Servers::start(listeners.api, listeners.metrics, &state, limits, access_log);
     announce_ready(startup.pid_file.as_deref(), startup.ready_pipe, upgraded).await?;
 
     let handed_over = serve_until_stopped(
@@ -213,15 +217,22 @@ impl Servers {
         metrics: Option<tokio::net::TcpListener>,
         state: &Arc<AppState>,
         limits: Limits,
+        access_log: AccessLog,
     ) -> Servers {
         for listener in &api {
             tracing::info!(address = ?listener.local_addr().ok(), "push gateway listening");
         }
         let router = api::router(Arc::clone(state));
-        let api = Server::start("api", api, router, limits.clone());
+        let api = Server::start("api", api, router, limits.clone(), Some(access_log));
         let metrics = metrics.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "prometheus metrics listening");
-            Server::start("metrics", vec![listener], api::metrics_router(), limits)
+            Server::start(
+                "metrics",
+                vec![listener],
+                api::metrics_router(),
+                limits,
+                None,
+            )
         });
         Servers { api, metrics }
     }

@@ -1,6 +1,7 @@
-//! The log file, following rotation: when the file at the configured path is moved or deleted
+//! Log files, following rotation: when the file at a configured path is moved or deleted
 //! (logrotate), the next lines go to a new file at that path, as Python's WatchedFileHandler
-//! does for Sygnal. SIGHUP reopens it at once ([`reopen`]).
+//! does for Sygnal. Every file handler of `log.setup` gets this; handlers naming the same path
+//! share one file. SIGHUP reopens them all at once ([`reopen`]).
 //!
 //! Python stats the path before every line; this checks at most every
 //! [`CHECK_INTERVAL_MS`] (one `stat` per interval however many lines are written), so a
@@ -12,14 +13,14 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How often, at most, the path is compared with the open file.
 pub const CHECK_INTERVAL_MS: u64 = 250;
 
-/// The log file of the process, once opened (for [`reopen`]).
-static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+/// The log files of the process, once opened (for [`reopen`]).
+static LOG_FILES: Mutex<Vec<Arc<LogFile>>> = Mutex::new(Vec::new());
 
 /// An append-only log file that reopens its path when the file there changes.
 pub struct LogFile {
@@ -51,12 +52,22 @@ fn open(path: &Path) -> io::Result<Opened> {
 }
 
 impl LogFile {
-    /// Opens (creating) `path` for appending and makes it the file [`reopen`] acts on.
+    /// Opens (creating) `path` for appending, or returns the file already opened there, and
+    /// makes it one of the files [`reopen`] acts on.
     pub fn install(path: &Path) -> io::Result<Arc<LogFile>> {
+        let mut files = LOG_FILES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(log) = files.iter().find(|log| log.path == path) {
+            return Ok(Arc::clone(log));
+        }
         let log = Arc::new(LogFile::open(path)?);
-        // A second install (never done by the binary) keeps the first for `reopen`.
-        let _ = LOG_FILE.set(Arc::clone(&log));
+        files.push(Arc::clone(&log));
         Ok(log)
+    }
+
+    /// Appends one whole line (one `write` call, so concurrent lines never interleave).
+    pub fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        let mut writer = self;
+        writer.write_all(line)
     }
 
     fn open(path: &Path) -> io::Result<LogFile> {
@@ -134,9 +145,10 @@ impl Write for &LogFile {
     }
 }
 
-/// Reopens the log file, if logs go to one (SIGHUP).
+/// Reopens every log file (SIGHUP).
 pub fn reopen() {
-    if let Some(log) = LOG_FILE.get() {
+    let files = LOG_FILES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for log in files {
         log.reopen();
     }
 }
@@ -173,6 +185,22 @@ mod tests {
         log.reopen();
         write_line(&log, "line\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "line\n");
+    }
+
+    #[test]
+    fn handlers_naming_one_path_share_its_file_and_reopen_follows_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.log"), dir.path().join("two.log"));
+        let first = LogFile::install(&one).unwrap();
+        assert!(Arc::ptr_eq(&first, &LogFile::install(&one).unwrap()));
+        let second = LogFile::install(&two).unwrap();
+        std::fs::remove_file(&one).unwrap();
+        std::fs::remove_file(&two).unwrap();
+        reopen();
+        first.write_line(b"a\n").unwrap();
+        second.write_line(b"b\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&one).unwrap(), "a\n");
+        assert_eq!(std::fs::read_to_string(&two).unwrap(), "b\n");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! libraries) -> [`apps`] (the routing table, built a [`generation`] at a time) -> [`api`]
 //! (HTTP) -> [`dispatch`] -> the response. [`reload`] rebuilds the table on SIGHUP. Around
 //! them, [`lifecycle`] runs the process: [`listeners`], the HTTP [`server`], signals, binary
-//! [`upgrade`]s, [`systemd`].
+//! [`upgrade`]s, [`systemd`]; [`logging`] writes what happens, as Sygnal's `log.setup` says,
+//! with the [`access_log`], and [`otel`] exports traces.
 
+mod access_log;
 mod api;
 mod apps;
 mod commands;
@@ -18,9 +20,13 @@ mod health;
 mod lifecycle;
 mod listeners;
 mod log_file;
+mod log_format;
+mod log_layer;
+mod log_setup;
 mod logging;
 mod metrics;
 mod notify;
+mod otel;
 mod plugin_log;
 mod process_metrics;
 mod registry;
@@ -249,12 +255,15 @@ async fn run(started: Started, startup: lifecycle::Startup) -> Result<(), String
         started.plugins,
     )?);
     let config = started.loaded.config;
+    let host_info = generation::host_info(&config, started.worker_threads);
     if let Some(dsn) = config.metrics.sentry.dsn()? {
-        sentry::start(
-            &dsn,
-            &generation::host_info(&config, started.worker_threads),
-        )
-        .map_err(|err| format!("metrics.sentry: {err}"))?;
+        sentry::start(&dsn, &host_info).map_err(|err| format!("metrics.sentry: {err}"))?;
     }
-    lifecycle::run(config, state, reloader, startup).await
+    if config.metrics.opentelemetry.enabled {
+        otel::start(&config.metrics.opentelemetry, &host_info)?;
+    }
+    let result = lifecycle::run(config, state, reloader, startup).await;
+    // The last requests' spans, before the runtime stops.
+    otel::flush(Duration::from_secs(2)).await;
+    result
 }

@@ -1,11 +1,12 @@
 //! Re-emitting a plugin's log records as the host's own, fields included.
 //!
 //! Plugins send their fields as a JSON object. `tracing` wants field names known when a call
-//! site is declared, so each distinct (level, field names) shape a plugin uses gets a call site
-//! of its own, created once and kept (bounded: past [`MAX_CALLSITES`] shapes, or for the old
-//! `k=v` text, fields travel as one `fields` string). The request id goes into a `notify` span,
-//! exactly where the host's own lines carry it; the other fields are the event's, typed as
-//! the plugin sent them.
+//! site is declared, so each distinct (level, plugin kind, field names) shape a plugin uses gets
+//! a call site of its own, created once and kept (bounded: past [`MAX_CALLSITES`] shapes, or
+//! for the old `k=v` text, fields travel as one `fields` string). Its target is
+//! `sygnal::pushkin::<kind>`: the Python logger `sygnal.pushkin.<kind>` in `log.setup`. The
+//! request id goes into a `notify` span, exactly where the host's own lines carry it; the other
+//! fields are the event's, typed as the plugin sent them.
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -23,8 +24,8 @@ const MAX_CALLSITES: usize = 512;
 const MAX_FIELDS: usize = 24;
 /// Fields every plugin record has, first.
 const FIXED_FIELDS: [&str; 3] = ["message", "plugin", "plugin_target"];
-/// The target every plugin record is logged under.
-const TARGET: &str = "sygnal::plugin";
+/// The one field of records whose fields travel as text.
+const FLAT: &str = "fields";
 
 /// A call site made at run time for one shape of plugin record.
 struct DynamicCallsite {
@@ -39,24 +40,41 @@ impl Callsite for DynamicCallsite {
     }
 }
 
-type Shape = (Level, Vec<String>);
+type Shape = (Level, String, Vec<String>);
 
-fn callsites() -> &'static Mutex<HashMap<Shape, &'static Metadata<'static>>> {
-    static CALLSITES: OnceLock<Mutex<HashMap<Shape, &'static Metadata<'static>>>> = OnceLock::new();
-    CALLSITES.get_or_init(|| Mutex::new(HashMap::new()))
+#[derive(Default)]
+struct Callsites {
+    by_shape: HashMap<Shape, &'static Metadata<'static>>,
+    /// `sygnal::pushkin::<kind>`, by kind.
+    targets: HashMap<String, &'static str>,
 }
 
-/// The call site for records of `level` with `names` (after the fixed fields), made on first
-/// use. `None` once [`MAX_CALLSITES`] shapes exist.
-fn metadata_for(level: Level, names: &[&str]) -> Option<&'static Metadata<'static>> {
+fn callsites() -> &'static Mutex<Callsites> {
+    static CALLSITES: OnceLock<Mutex<Callsites>> = OnceLock::new();
+    CALLSITES.get_or_init(|| Mutex::new(Callsites::default()))
+}
+
+/// The call site for `kind`'s records of `level` with `names` (after the fixed fields), made on
+/// first use. `None` once [`MAX_CALLSITES`] shapes exist, except for the flat shape (a
+/// `fields` string), which every kind and level always gets.
+fn metadata_for(level: Level, kind: &str, names: &[&str]) -> Option<&'static Metadata<'static>> {
     let mut known = callsites().lock().ok()?;
-    let shape: Shape = (level, names.iter().map(|n| (*n).to_owned()).collect());
-    if let Some(metadata) = known.get(&shape) {
+    let shape: Shape = (
+        level,
+        kind.to_owned(),
+        names.iter().map(|n| (*n).to_owned()).collect(),
+    );
+    if let Some(metadata) = known.by_shape.get(&shape) {
         return Some(metadata);
     }
-    if known.len() >= MAX_CALLSITES {
+    if known.by_shape.len() >= MAX_CALLSITES && !names.is_empty() && names != [FLAT] {
         return None;
     }
+    // Kinds are bounded by the libraries a process may load (plugins.max_loaded_libraries).
+    let target: &'static str = known
+        .targets
+        .entry(kind.to_owned())
+        .or_insert_with(|| Box::leak(format!("sygnal::pushkin::{kind}").into_boxed_str()));
     // Leaked on purpose: tracing requires 'static call sites, and the shapes are bounded.
     let all_names: Vec<&'static str> = FIXED_FIELDS
         .iter()
@@ -73,7 +91,7 @@ fn metadata_for(level: Level, names: &[&str]) -> Option<&'static Metadata<'stati
     }));
     let metadata = Metadata::new(
         "plugin log",
-        TARGET,
+        target,
         level,
         None,
         None,
@@ -84,7 +102,7 @@ fn metadata_for(level: Level, names: &[&str]) -> Option<&'static Metadata<'stati
     let _ = callsite.metadata.set(metadata);
     tracing::callsite::register(callsite);
     let metadata = callsite.metadata.get()?;
-    known.insert(shape, metadata);
+    known.by_shape.insert(shape, metadata);
     Some(metadata)
 }
 
@@ -139,7 +157,12 @@ pub fn emit(level: LogLevel, plugin: &str, target: &str, message: &str, fields: 
         return emit_flat(level, plugin, target, message, fields);
     };
     let request_id = match map.remove("request_id") {
-        Some(Value::String(id)) => Some(id),
+        // A plugin built before the trace context was split off logs the dispatch's whole
+        // request id: the id is the part before the first space (docs/plugin-abi.md).
+        Some(Value::String(id)) => Some(match id.split_once(' ') {
+            Some((id, _)) => id.to_owned(),
+            None => id,
+        }),
         Some(other) => Some(other.to_string()),
         None => None,
     };
@@ -156,7 +179,7 @@ pub fn emit(level: LogLevel, plugin: &str, target: &str, message: &str, fields: 
         .filter(|name| !FIXED_FIELDS.contains(name))
         .take(MAX_FIELDS)
         .collect();
-    let Some(metadata) = metadata_for(level, &names) else {
+    let Some(metadata) = metadata_for(level, plugin, &names) else {
         let flat = map
             .iter()
             .map(|(k, v)| {
@@ -169,8 +192,7 @@ pub fn emit(level: LogLevel, plugin: &str, target: &str, message: &str, fields: 
             .join(" ");
         return emit_flat(level, plugin, target, message, &flat);
     };
-    let enabled = tracing::dispatcher::get_default(|dispatch| dispatch.enabled(metadata));
-    if !enabled {
+    if !enabled(metadata) {
         return;
     }
     let typed: Vec<Typed<'_>> = names.iter().map(|name| Typed::of(&map[*name])).collect();
@@ -218,22 +240,20 @@ fn dispatch_values(metadata: &'static Metadata<'static>, values: &[&dyn TracingV
     Event::dispatch(metadata, &value_set);
 }
 
+fn enabled(metadata: &'static Metadata<'static>) -> bool {
+    tracing::dispatcher::get_default(|dispatch| dispatch.enabled(metadata))
+}
+
 /// The old form: fields as one `fields` string (`k=v k=v`).
 fn emit_flat(level: Level, plugin: &str, target: &str, message: &str, fields: &str) {
-    macro_rules! flat {
-        ($level:expr) => {
-            if fields.is_empty() {
-                tracing::event!(target: TARGET, $level, plugin, plugin_target = target, "{message}")
-            } else {
-                tracing::event!(target: TARGET, $level, plugin, plugin_target = target, fields, "{message}")
-            }
-        };
+    let names: &[&str] = if fields.is_empty() { &[] } else { &[FLAT] };
+    let Some(metadata) = metadata_for(level, plugin, names) else {
+        return;
+    };
+    if !enabled(metadata) {
+        return;
     }
-    match level {
-        Level::ERROR => flat!(Level::ERROR),
-        Level::WARN => flat!(Level::WARN),
-        Level::INFO => flat!(Level::INFO),
-        Level::DEBUG => flat!(Level::DEBUG),
-        _ => flat!(Level::TRACE),
-    }
+    let message_arg = format_args!("{message}");
+    let values: [&dyn TracingValue; 4] = [&message_arg, &plugin, &target, &fields];
+    dispatch_values(metadata, &values[..FIXED_FIELDS.len() + names.len()]);
 }

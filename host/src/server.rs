@@ -30,6 +30,7 @@
 mod body;
 mod connection;
 
+use crate::access_log::AccessLog;
 use crate::config::HttpConfig;
 use crate::metrics::{label, registry, Kind, Series};
 use axum::Router;
@@ -102,6 +103,8 @@ struct Shared {
     stopping: watch::Sender<bool>,
     body_budget: Arc<body::BodyBudget>,
     metrics: ServerMetrics,
+    /// Writes the access log (`sygnal.access`) for this server's requests.
+    access_log: Option<AccessLog>,
 }
 
 struct ServerMetrics {
@@ -159,12 +162,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves `router` on `listeners`. `name` (`api`, `metrics`) labels logs and metrics.
+    /// Serves `router` on `listeners`. `name` (`api`, `metrics`) labels logs and metrics;
+    /// with `access_log`, every request answered is logged on `sygnal.access`.
     pub fn start(
         name: &'static str,
         listeners: Vec<TcpListener>,
         router: Router,
         limits: Limits,
+        access_log: Option<AccessLog>,
     ) -> Server {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().max_buf_size(READ_BUFFER_BYTES);
@@ -179,6 +184,7 @@ impl Server {
             stopping: watch::Sender::new(false),
             body_budget,
             metrics: ServerMetrics::new(name),
+            access_log,
         });
         for listener in listeners {
             tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -263,11 +269,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 backoff = FIRST_BACKOFF;
                 match OpenConnection::admit(&shared) {
                     Some(open) => {
-                        tokio::spawn(connection::serve(stream, Arc::clone(&shared), open));
+                        let shared = Arc::clone(&shared);
+                        tokio::spawn(connection::serve(stream, peer.ip(), shared, open));
                     }
                     None => refuse(stream, &shared, &mut refusals),
                 }

@@ -1,5 +1,6 @@
 //! The few POSIX calls std does not offer, kept in one place: the file-descriptor limit,
-//! descriptor inheritance across exec, pipes, and the monotonic clock systemd wants.
+//! descriptor inheritance across exec, pipes, the monotonic clock systemd wants, and the
+//! local time and thread ids Python-style log formats show.
 //!
 //! They go through `libc`, which tokio and mio already pull into the build: using it directly
 //! adds no crate, and each wrapper is a single call.
@@ -113,10 +114,47 @@ pub fn monotonic_usec() -> u64 {
     (now.tv_sec as u64) * 1_000_000 + (now.tv_nsec as u64) / 1_000
 }
 
+/// The kernel's id of the calling thread (`%(thread)d` in a log format).
+pub fn thread_id() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    i64::from(unsafe { libc::gettid() })
+}
+
+/// `secs` (Unix time) in the local time zone, formatted with the `strftime` pattern `format`.
+pub fn strftime_local(secs: u64, format: &std::ffi::CStr) -> String {
+    let time = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
+    // SAFETY: an all-zero `tm` is a valid value for localtime_r to overwrite.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `time` and writes into `tm`, both valid for the call.
+    if unsafe { libc::localtime_r(&time, &mut tm) }.is_null() {
+        return String::new();
+    }
+    let mut buffer = [0u8; 256];
+    // SAFETY: strftime writes at most `buffer.len()` bytes, NUL included, and returns how many
+    // it wrote before the NUL (0 when the result does not fit).
+    let written = unsafe {
+        libc::strftime(
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            format.as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buffer[..written]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn local_time_is_formatted() {
+        let year = strftime_local(1_738_240_496, c"%Y");
+        assert!(year == "2025" || year == "2024" || year == "2026", "{year}");
+        assert_eq!(strftime_local(0, c"literal"), "literal");
+        assert!(thread_id() > 0);
+    }
 
     #[test]
     fn cloexec_round_trips() {

@@ -67,6 +67,8 @@
 //!   guard for client-given endpoints, shared by HTTP pushkins.
 //! - [`lenient`]: reading config values as PyYAML (YAML 1.1) would have (`yes`, `"5000"`).
 //! - [`validate`]: what a valid notification is (the host refuses the rest; the SDK parses it).
+//! - [`trace`]: the OpenTelemetry trace context across the plugin boundary (upstream tries
+//!   become spans of the host's trace).
 //! - [`abi`]: the binary interface itself, for the host.
 
 #![warn(missing_docs)]
@@ -80,6 +82,7 @@ mod metrics;
 pub mod notification;
 mod sdk;
 pub mod text;
+pub mod trace;
 pub mod validate;
 
 #[cfg(any(test, feature = "testing"))]

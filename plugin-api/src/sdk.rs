@@ -325,6 +325,7 @@ fn construct<P: Pushkin>(
         inner: Arc::new(pushkin),
         app_id: app_id.as_str().to_owned(),
         handle: rt.handle.clone(),
+        log: host.log,
     };
     Ok(PushkinFfi_TO::from_value(adapter, TD_Opaque))
 }
@@ -333,6 +334,8 @@ struct Adapter<P> {
     inner: Arc<P>,
     app_id: String,
     handle: Handle,
+    /// The host's log callback, which also takes finished spans (see [`crate::trace`]).
+    log: crate::abi::LogFn,
 }
 
 /// Aborts the dispatch task when the host drops the future (request cancelled).
@@ -367,10 +370,18 @@ impl<P: Pushkin> Adapter<P> {
             Err(message) => return failed(PushErrorKind::Permanent, message),
         };
         let pushkin = Arc::clone(&self.inner);
+        let (request_id, trace) = crate::trace::split_request_id(request_id.as_str());
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);
-        let task = self
-            .handle
-            .spawn(async move { pushkin.dispatch(&notification).await }.instrument(span));
+        let dispatch = async move { pushkin.dispatch(&notification).await }.instrument(span);
+        let task = match trace {
+            Some(context) => self.handle.spawn(crate::trace::in_dispatch(
+                context,
+                self.log,
+                P::KIND,
+                dispatch,
+            )),
+            None => self.handle.spawn(dispatch),
+        };
         let task = AbortOnDrop(task);
         async move {
             let mut task = task;

@@ -16,6 +16,7 @@ pub struct GatewayBuilder {
     raw_config: Option<String>,
     args: Vec<OsString>,
     program: Option<PathBuf>,
+    separate_stdout: bool,
 }
 
 /// A running gateway, killed on drop.
@@ -44,6 +45,7 @@ impl Gateway {
             raw_config: None,
             args: Vec::new(),
             program: None,
+            separate_stdout: false,
         }
     }
 
@@ -127,7 +129,13 @@ impl Gateway {
             .expect("metrics text")
     }
 
-    /// Everything the gateway printed so far.
+    /// A file in the gateway's working directory, empty if missing.
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Everything the gateway printed so far (its stderr only, with
+    /// [`GatewayBuilder::separate_stdout`]).
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
@@ -205,6 +213,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Sends the gateway's standard output to `stdout.log` in its directory (read it with
+    /// [`Gateway::read`]) instead of mixing it with standard error.
+    pub fn separate_stdout(mut self) -> Self {
+        self.separate_stdout = true;
+        self
+    }
+
     /// Sets an environment variable for the gateway.
     pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Self {
         self.env.push((key.to_owned(), value.into()));
@@ -254,8 +269,12 @@ impl GatewayBuilder {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let out = File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
+        let err = File::create(log).expect("log file");
+        let out = if self.separate_stdout {
+            File::create(dir.join("stdout.log")).expect("stdout file")
+        } else {
+            err.try_clone().expect("log file")
+        };
         command.stdout(out).stderr(err);
         command
     }

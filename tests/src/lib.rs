@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod load;
+pub mod otlp;
 pub mod out_of_tree;
 pub mod process;
 pub mod prometheus;

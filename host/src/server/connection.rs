@@ -18,6 +18,7 @@ use hyper::{Request, Version};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future, Ready};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -60,8 +61,13 @@ pub(super) struct ConnState {
     draining: AtomicBool,
 }
 
-/// Serves one accepted connection until it closes.
-pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>, _open: OpenConnection) {
+/// Serves one accepted connection (from `peer`) until it closes.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: IpAddr,
+    shared: Arc<Shared>,
+    _open: OpenConnection,
+) {
     let accepted_at = Instant::now();
     // Responses are written whole; don't let Nagle hold back their last segment.
     let _ = stream.set_nodelay(true);
@@ -86,6 +92,7 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>, _open: OpenCon
         router: shared.router.clone(),
         state: Arc::clone(&state),
         shared: Arc::clone(&shared),
+        peer,
     };
     let conn = shared.builder.serve_connection(io, service);
     let mut stopping = shared.stopping.subscribe();
@@ -329,6 +336,7 @@ struct ConnService {
     router: axum::Router,
     state: Arc<ConnState>,
     shared: Arc<Shared>,
+    peer: IpAddr,
 }
 
 type Answer = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
@@ -340,6 +348,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = ActiveRequest::enter(&self.state);
+        let access = self
+            .shared
+            .access_log
+            .as_ref()
+            .and_then(|log| log.begin(&request, self.peer));
         let http1 = request.version() < Version::HTTP_2;
         if !http1 {
             self.state.http2.store(true, Relaxed);
@@ -354,6 +367,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 inner: Either::Right(refusal),
                 guard,
                 http1,
+                access,
             };
         }
         let body_timeout = self.shared.limits.body_timeout;
@@ -364,6 +378,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             inner: Either::Left(future),
             guard,
             http1,
+            access,
         }
     }
 }
@@ -400,12 +415,14 @@ impl Drop for ActiveRequest {
 }
 
 pin_project_lite::pin_project! {
-    /// A response future, counted as an active request while it runs.
+    /// A response future, counted as an active request while it runs, and access-logged
+    /// when it is ready.
     pub struct Tracked<F> {
         #[pin]
         inner: F,
         guard: ActiveRequest,
         http1: bool,
+        access: Option<crate::access_log::Pending>,
     }
 }
 
@@ -420,6 +437,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Tracked<F> {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(access) = this.access.take() {
+            access.finish(&response);
         }
         Poll::Ready(Ok(response))
     }

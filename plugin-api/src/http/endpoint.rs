@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{reqwest, retry, Attempt, RetryPolicy};
+use super::{reqwest, retry_untraced, Attempt, RetryPolicy};
 use crate::text::glob_match;
 use crate::PushError;
 
@@ -257,7 +257,7 @@ impl EndpointGuard {
         url: &reqwest::Url,
         policy: &RetryPolicy,
     ) -> Result<Result<(), Refusal>, PushError> {
-        retry(policy, |_| async {
+        retry_untraced(policy, |_| async {
             match self.check(url).await {
                 Err(Refusal::Unresolved(why)) => Ok(Attempt::Retry {
                     reason: format!("endpoint host did not resolve: {why}"),

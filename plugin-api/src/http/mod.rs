@@ -276,14 +276,57 @@ pub enum Attempt<T> {
 
 /// Runs `attempt` until it is done, fails permanently, or `policy.max_tries` attempts failed
 /// temporarily. Waits `Retry-After` when given, else the policy's backoff.
-pub async fn retry<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<T, PushError>
+///
+/// In a traced dispatch each attempt is an `upstream try` span (see [`crate::trace`]); an
+/// attempt may add the upstream's name and HTTP status to it
+/// ([`trace::record_upstream`](crate::trace::record_upstream),
+/// [`trace::record_http_status`](crate::trace::record_http_status)).
+pub async fn retry<T, F, Fut>(policy: &RetryPolicy, attempt: F) -> Result<T, PushError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<Attempt<T>, PushError>>,
+{
+    retry_traced(policy, true, attempt).await
+}
+
+/// [`retry`] for work that is not a request to the upstream (the endpoint guard's lookups):
+/// no spans.
+pub(crate) async fn retry_untraced<T, F, Fut>(
+    policy: &RetryPolicy,
+    attempt: F,
+) -> Result<T, PushError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<Attempt<T>, PushError>>,
+{
+    retry_traced(policy, false, attempt).await
+}
+
+async fn retry_traced<T, F, Fut>(
+    policy: &RetryPolicy,
+    traced: bool,
+    mut attempt: F,
+) -> Result<T, PushError>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<Attempt<T>, PushError>>,
 {
     let mut tries = 0;
     loop {
-        let (reason, retry_after) = match attempt(tries).await? {
+        let span = traced.then(|| crate::trace::start_try(tries)).flatten();
+        let outcome = match span {
+            None => attempt(tries).await,
+            Some(span) => {
+                let outcome = span.scope(attempt(tries)).await;
+                span.finish(match &outcome {
+                    Ok(Attempt::Done(_)) => None,
+                    Ok(Attempt::Retry { reason, .. }) => Some(reason),
+                    Err(err) => Some(&err.message),
+                });
+                outcome
+            }
+        };
+        let (reason, retry_after) = match outcome? {
             Attempt::Done(value) => return Ok(value),
             Attempt::Retry {
                 reason,

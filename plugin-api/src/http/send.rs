@@ -115,6 +115,7 @@ impl Sender {
         retry(&self.policy, |_| {
             let request = build(&self.client);
             async move {
+                crate::trace::record_upstream(upstream);
                 let started = Instant::now();
                 let response = match request.send().await {
                     Ok(response) => response,
@@ -126,6 +127,7 @@ impl Sender {
                     }
                 };
                 let status = response.status();
+                crate::trace::record_http_status(status.as_u16());
                 let headers = response.headers().clone();
                 let body = read_bounded(response, self.max_response_bytes).await;
                 let answer = Answer {
