@@ -16,6 +16,7 @@ COPY host host
 COPY plugin-api plugin-api
 COPY plugins plugins
 COPY tests tests
+COPY bench bench
 # The gateway and every pushkin under plugins/ (each is package sygnal-pushkin-<dir name>).
 RUN set -- -p sygnal \
     && for dir in plugins/*/; do set -- "$@" -p "sygnal-pushkin-$(basename "$dir")"; done \

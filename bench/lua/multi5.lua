@@ -1,0 +1,5 @@
+-- One notification for 5 devices over 3 apps: 2 FCM legacy (one upstream request with 2
+-- registration ids), 2 APNs (two HTTP/2 streams), 1 UnifiedPush: 4 upstream requests
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"notification":{"event_id":"$3957tyerfgewrf384","room_id":"!slw48wfj34rtnrf:example.org","type":"m.room.message","sender":"@exampleuser:example.org","sender_display_name":"Major Tom","room_name":"Mission Control","prio":"high","content":{"msgtype":"m.text","body":"hello"},"counts":{"unread":2,"missed_calls":1},"devices":[{"app_id":"com.example.gcm.multi","pushkey":"spqr1","pushkey_ts":12345678,"data":{}},{"app_id":"com.example.apns","pushkey":"AP8RERERERERERERERERERERERERERERERERERERERE=","pushkey_ts":12345678,"data":{}},{"app_id":"com.example.up","pushkey":"http://127.0.0.1:18080/up/AbCdEf0123456789","pushkey_ts":12345678,"data":{}},{"app_id":"com.example.gcm.multi","pushkey":"spqr2","pushkey_ts":12345678,"data":{}},{"app_id":"com.example.apns","pushkey":"AP4iIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiIiI=","pushkey_ts":12345678,"data":{}}]}}'
