@@ -41,6 +41,12 @@ mod yaml;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// glibc's malloc and free took about a quarter of the gateway's CPU under load, with two
+/// runtimes' threads allocating and freeing request buffers (BENCHMARKS.md). Each plugin
+/// library has its own allocator (plugin-api feature `mimalloc`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::Duration;
 

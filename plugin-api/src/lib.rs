@@ -113,17 +113,47 @@ pub mod __private {
         __call_root_module_loader, CheckTypeLayout, IntoRootModuleResult, LibHeader,
         RootModuleResult,
     };
+    #[cfg(feature = "mimalloc")]
+    pub use mimalloc::MiMalloc;
+}
+
+/// The library's global allocator, with feature `mimalloc` (see [`export_pushkin!`]).
+#[cfg(feature = "mimalloc")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sygnal_global_allocator {
+    () => {
+        #[global_allocator]
+        static __SYGNAL_PUSHKIN_ALLOCATOR: $crate::__private::MiMalloc =
+            $crate::__private::MiMalloc;
+    };
+}
+
+/// Without feature `mimalloc`, the library keeps whatever allocator its author chose.
+#[cfg(not(feature = "mimalloc"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sygnal_global_allocator {
+    () => {};
 }
 
 /// Exports a [`Pushkin`] implementation as this library's root module.
 ///
 /// Use it once per plugin crate, at the top level of `lib.rs`.
 ///
+/// With this crate's feature `mimalloc`, it also makes mimalloc the library's global allocator
+/// (every cdylib has its own; glibc's malloc is the default). Memory crossing the boundary is
+/// never freed by the other side's allocator: `RString`, `RVec`, `RBox` and the FFI future
+/// carry the functions that free them. Leave the feature off if the crate declares its own
+/// `#[global_allocator]`.
+///
 /// A crate built with `panic = "abort"` does not compile: the SDK relies on unwinding to turn a
 /// panic into one failed request, and an aborting plugin would take the whole gateway down.
 #[macro_export]
 macro_rules! export_pushkin {
     ($pushkin:ty) => {
+        $crate::__sygnal_global_allocator!();
+
         #[cfg(panic = "abort")]
         ::core::compile_error!(
             "sygnal pushkins must be built with panic = \"unwind\": with panic = \"abort\" a panic in the plugin ends the whole gateway (set panic = \"unwind\" in the [profile.*] sections of Cargo.toml)"
