@@ -126,6 +126,8 @@ pub struct HttpConfig {
     /// Added: seconds one /notify may take to dispatch, waiting for connection slots and
     /// retries included; past it the work is cancelled and the answer is 502.
     pub notify_timeout: f64,
+    /// Added: worker threads of the host's runtime (default: half the cores, at least 1).
+    pub worker_threads: Option<usize>,
 }
 
 /// Synapse waits 60 s for a push gateway's response headers, then logs a failure and retries
@@ -149,6 +151,7 @@ impl Default for HttpConfig {
             body_buffer_bytes: 64 * 1024 * 1024,
             upgrade_timeout: 60.0,
             notify_timeout: DEFAULT_NOTIFY_TIMEOUT,
+            worker_threads: None,
         }
     }
 }
@@ -484,6 +487,9 @@ fn validate(config: &Config, warnings: &mut Vec<String>) -> Result<(), String> {
         }
     }
     validate_dedup(&config.dedup)?;
+    if config.http.worker_threads == Some(0) {
+        return Err("http.worker_threads: must be at least 1".to_owned());
+    }
     if config.plugins.worker_threads == Some(0) {
         return Err("plugins.worker_threads: must be at least 1".to_owned());
     }

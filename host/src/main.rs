@@ -209,11 +209,22 @@ fn start(config_path: Option<PathBuf>) -> Result<Started, String> {
     })
 }
 
-/// Threads of each plugin library's runtime: host and plugin runtimes share the cores, and an
-/// idle runtime costs nothing.
+/// Threads of each plugin library's runtime. Every dispatch runs on both the host's runtime
+/// and its plugin's, so by default each gets half the cores: with a host worker per core as
+/// well, three busy threads on two cores cost a third more CPU per notification in preemptions
+/// and wake-ups (BENCHMARKS.md). An idle runtime costs nothing.
 fn worker_threads(config: &config::Config) -> usize {
     config
         .plugins
+        .worker_threads
+        .unwrap_or_else(|| (cores() / 2).max(1))
+}
+
+/// Threads of the host's runtime (`http.worker_threads`): half the cores, the plugins' runtimes
+/// taking the other half (see [`worker_threads`]).
+fn host_worker_threads(config: &config::Config) -> usize {
+    config
+        .http
         .worker_threads
         .unwrap_or_else(|| (cores() / 2).max(1))
 }
@@ -231,13 +242,18 @@ fn open_registry(plugins: &config::PluginsConfig) -> Result<registry::PluginRegi
 fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), String> {
     // First, while the process has one thread: it takes variables out of the environment.
     let startup = lifecycle::Startup::take(pid_file)?;
+    // Apps are built before the host's runtime exists: pushkin constructors run on their
+    // library's runtime, and the runtime's size comes from the config.
+    let started = start(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores())
+        .worker_threads(host_worker_threads(&started.loaded.config))
         .thread_name("sygnal")
         .enable_all()
         .build()
-        .map_err(|err| format!("cannot start the runtime: {err}"))?;
-    let started = start(config_path)?;
+        .map_err(|err| {
+            started.plugins.shutdown();
+            format!("cannot start the runtime: {err}")
+        })?;
     let plugins = Arc::clone(&started.plugins);
     let result = runtime.block_on(run(started, startup));
     plugins.shutdown();
