@@ -10,8 +10,15 @@ use serde::Deserialize;
 use sygnal_plugin_api::http::{RetryPolicy, RetrySettings};
 use sygnal_plugin_api::{JsonObject, PushkinContext};
 
-/// Sygnal's default for `max_connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 20;
+/// Default of `max_connections`: the FCM requests of one app in flight at once.
+///
+/// Sygnal's 20 came from its HTTP/1.1 client, which used one connection per request. Over
+/// HTTP/2 (FCM's API negotiates it) those requests are streams sharing one connection, and 20
+/// would only cap a slow but healthy FCM (20 in flight at 50 ms each is 400 pushes/s, far below
+/// FCM's 600,000 a minute per project). So the default is the host's default
+/// `inflight_request_limit` (512): that, not this, bounds an app. Against an HTTP/1.1-only
+/// FCM-compatible server it is also the number of connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// Where FCM lives unless `endpoint` says otherwise.
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -200,7 +207,7 @@ mod tests {
         assert!(matches!(&config.api, Api::Legacy { api_key } if api_key == "AIza"));
         assert!(config.fcm_options.is_empty());
         assert!(config.send_badge_counts);
-        assert_eq!(config.max_connections, 20);
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(config.retry.max_tries, 3);
         assert_eq!(
             config.retry.retry_delay_base,

@@ -37,10 +37,12 @@ impl Pushkin for GcmPushkin {
         };
         let client = build_client(ctx.host(), &options)
             .map_err(|err| format!("apps.{}: {err}", ctx.app_id()))?;
+        let app_error = |err: String| format!("apps.{}.{err}", ctx.app_id());
         let auth = match config.api {
             Api::Legacy { api_key } => Auth::Legacy {
-                header: transport::legacy_authorization(&api_key),
-                url: format!("{}/fcm/send", config.endpoint),
+                header: transport::legacy_authorization(&api_key).map_err(app_error)?,
+                url: transport::send_url(&format!("{}/fcm/send", config.endpoint))
+                    .map_err(app_error)?,
             },
             Api::V1 {
                 project_id,
@@ -48,7 +50,11 @@ impl Pushkin for GcmPushkin {
             } => Auth::V1 {
                 // The token fetch shares the client: same proxy, same trust roots.
                 tokens: oauth::TokenSource::new(service_account, client.clone()),
-                url: format!("{}/v1/projects/{project_id}/messages:send", config.endpoint),
+                url: transport::send_url(&format!(
+                    "{}/v1/projects/{project_id}/messages:send",
+                    config.endpoint
+                ))
+                .map_err(app_error)?,
             },
         };
         let transport = Transport::new(TransportSettings {

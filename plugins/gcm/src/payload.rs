@@ -4,6 +4,7 @@
 //! for v1 every data value is a string (FCM v1's `data` is a `map<string, string>` and refuses
 //! anything else), including values taken from a pusher's `default_payload`.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use sygnal_plugin_api::text::{shave_longest, truncate_with_ellipsis};
 use sygnal_plugin_api::{Device, JsonObject, Notification};
@@ -174,7 +175,7 @@ pub fn build_data(
 /// Shaves text fields (the notification's display texts and content strings, longest first)
 /// until `data` fits in [`MAX_DATA_BYTES`]; `Err` with the size reached when it cannot.
 fn fit(data: &mut JsonObject) -> Result<(), usize> {
-    let size = serde_json::to_vec(&*data).map_or(usize::MAX, |json| json.len());
+    let size = json_size(&*data);
     if size <= MAX_DATA_BYTES {
         return Ok(());
     }
@@ -243,46 +244,127 @@ fn priority(low_priority: bool) -> &'static str {
     }
 }
 
-/// The legacy body without recipients: `fcm_options`, then `data` and `priority`.
+/// A legacy request body: `fcm_options`, then `data` and `priority`, addressed with `to` for one
+/// pushkey and `registration_ids` for several.
 ///
-/// Recipients change between retries, so [`with_recipients`] adds them per attempt.
-pub fn legacy_body(fcm_options: &JsonObject, data: JsonObject, low_priority: bool) -> JsonObject {
-    let mut body = fcm_options.clone();
-    body.insert("data".into(), Value::Object(data));
-    body.insert("priority".into(), priority(low_priority).into());
-    body
+/// Serialized from borrowed parts: recipients change between retries, and nothing here copies
+/// the data to address it.
+pub struct LegacyRequest<'a> {
+    /// `fcm_options`; its `data`, `priority`, `to` and `registration_ids` are overridden.
+    pub options: &'a JsonObject,
+    /// The data built by [`build_data`].
+    pub data: &'a JsonObject,
+    /// `prio: low`.
+    pub low_priority: bool,
+    /// The recipients of this attempt (at least one).
+    pub pushkeys: &'a [String],
 }
 
-/// `body` addressed to `pushkeys`: `to` for one, `registration_ids` for several.
-pub fn with_recipients(body: &JsonObject, pushkeys: &[String]) -> JsonObject {
-    let mut body = body.clone();
-    body.remove("to");
-    body.remove("registration_ids");
-    match pushkeys {
-        [one] => body.insert("to".into(), one.clone().into()),
-        many => body.insert("registration_ids".into(), many.to_vec().into()),
-    };
-    body
+impl Serialize for LegacyRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const OURS: [&str; 4] = ["data", "priority", "to", "registration_ids"];
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.options {
+            if !OURS.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("data", self.data)?;
+        map.serialize_entry("priority", priority(self.low_priority))?;
+        match self.pushkeys {
+            [one] => map.serialize_entry("to", one)?,
+            many => map.serialize_entry("registration_ids", many)?,
+        }
+        map.end()
+    }
 }
 
-/// The v1 body for one device: `{"message": {...fcm_options, token, data, android.priority}}`.
-pub fn v1_body(
-    fcm_options: &JsonObject,
-    data: JsonObject,
-    low_priority: bool,
-    token: &str,
-) -> Value {
-    let mut message = fcm_options.clone();
-    message.insert("data".into(), Value::Object(data));
-    let mut android = match message.remove("android") {
-        Some(Value::Object(android)) => android,
-        // Config validation refuses a non-object `android`; never panic on it anyway.
-        _ => JsonObject::new(),
-    };
-    android.insert("priority".into(), priority(low_priority).into());
-    message.insert("android".into(), Value::Object(android));
-    message.insert("token".into(), token.into());
-    serde_json::json!({ "message": message })
+/// The v1 body for one device: `{"message": {...fcm_options, token, data, android.priority}}`,
+/// serialized from borrowed parts.
+pub struct V1Request<'a> {
+    /// `fcm_options`; its `token` and `data` are overridden, its `android` (an object: config
+    /// validation refuses anything else) gets the priority.
+    pub options: &'a JsonObject,
+    /// The data built by [`build_data`].
+    pub data: &'a JsonObject,
+    /// `prio: low`.
+    pub low_priority: bool,
+    /// The device's registration token.
+    pub token: &'a str,
+}
+
+impl Serialize for V1Request<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut outer = serializer.serialize_map(Some(1))?;
+        outer.serialize_entry("message", &V1Message(self))?;
+        outer.end()
+    }
+}
+
+struct V1Message<'r, 'a>(&'r V1Request<'a>);
+
+impl Serialize for V1Message<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const OURS: [&str; 3] = ["android", "data", "token"];
+        let request = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in request.options {
+            if !OURS.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        let android = match request.options.get("android") {
+            Some(Value::Object(android)) => Some(android),
+            // Config validation refuses a non-object `android`; never panic on it anyway.
+            _ => None,
+        };
+        let android = Android {
+            options: android,
+            priority: priority(request.low_priority),
+        };
+        map.serialize_entry("android", &android)?;
+        map.serialize_entry("data", request.data)?;
+        map.serialize_entry("token", request.token)?;
+        map.end()
+    }
+}
+
+/// `fcm_options.android` with the notification's priority.
+struct Android<'a> {
+    options: Option<&'a JsonObject>,
+    priority: &'static str,
+}
+
+impl Serialize for Android<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.options.into_iter().flatten() {
+            if key != "priority" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("priority", self.priority)?;
+        map.end()
+    }
+}
+
+/// The size of `value`'s compact JSON, without building it.
+fn json_size(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 #[cfg(test)]

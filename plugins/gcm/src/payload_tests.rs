@@ -344,31 +344,53 @@ fn real_synapse_bodies() {
     );
 }
 
+fn legacy(options: &JsonObject, data: &JsonObject, low_priority: bool, keys: &[&str]) -> Value {
+    let pushkeys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let request = LegacyRequest {
+        options,
+        data,
+        low_priority,
+        pushkeys: &pushkeys,
+    };
+    serde_json::to_value(&request).unwrap()
+}
+
 #[test]
 fn legacy_body_merges_options_and_addresses_recipients() {
     let options =
         json!({"time_to_live": 60, "priority": "ignored", "data": {"lost": 1}, "to": "stale"});
     let options = options.as_object().unwrap().clone();
     let data = json!({"event_id": "$e"}).as_object().unwrap().clone();
-    let body = legacy_body(&options, data, true);
 
-    let one = with_recipients(&body, &["k1".to_owned()]);
     assert_eq!(
-        Value::Object(one),
+        legacy(&options, &data, true, &["k1"]),
         json!({"time_to_live": 60, "priority": "normal", "data": {"event_id": "$e"}, "to": "k1"})
     );
-    let many = with_recipients(&body, &["k1".to_owned(), "k2".to_owned()]);
     assert_eq!(
-        Value::Object(many.clone()),
+        legacy(&options, &data, true, &["k1", "k2"]),
         json!({"time_to_live": 60, "priority": "normal", "data": {"event_id": "$e"},
                "registration_ids": ["k1", "k2"]})
     );
-    // A retry for one remaining key switches back to `to`.
-    let retry = with_recipients(&many, &["k2".to_owned()]);
+    // A `registration_ids` in the options never reaches a request addressed with `to`.
+    let stale_ids = json!({"registration_ids": ["old"]})
+        .as_object()
+        .unwrap()
+        .clone();
+    let retry = legacy(&stale_ids, &data, true, &["k2"]);
     assert_eq!(retry["to"], "k2");
-    assert!(!retry.contains_key("registration_ids"));
-    let high = legacy_body(&JsonObject::new(), JsonObject::new(), false);
+    assert!(retry.get("registration_ids").is_none());
+    let high = legacy(&JsonObject::new(), &JsonObject::new(), false, &["k"]);
     assert_eq!(high["priority"], "high");
+}
+
+fn v1(options: &JsonObject, data: &JsonObject, low_priority: bool, token: &str) -> Value {
+    let request = V1Request {
+        options,
+        data,
+        low_priority,
+        token,
+    };
+    serde_json::to_value(&request).unwrap()
 }
 
 #[test]
@@ -381,9 +403,8 @@ fn v1_body_wraps_the_message_and_merges_android_options() {
     });
     let options = options.as_object().unwrap().clone();
     let data = json!({"event_id": "$e"}).as_object().unwrap().clone();
-    let body = v1_body(&options, data, false, "device-token");
     assert_eq!(
-        body,
+        v1(&options, &data, false, "device-token"),
         json!({"message": {
             "android": {"ttl": "60s", "priority": "high", "collapse_key": "c"},
             "apns": {"headers": {"apns-priority": "10"}},
@@ -392,11 +413,16 @@ fn v1_body_wraps_the_message_and_merges_android_options() {
             "data": {"event_id": "$e"},
         }})
     );
-    let plain = v1_body(&JsonObject::new(), JsonObject::new(), true, "t");
     assert_eq!(
-        plain,
+        v1(&JsonObject::new(), &JsonObject::new(), true, "t"),
         json!({"message": {"android": {"priority": "normal"}, "token": "t", "data": {}}})
     );
+}
+
+#[test]
+fn the_size_check_counts_the_compact_json() {
+    let data = json!({"a": "x\"y", "n": [1, 2]});
+    assert_eq!(json_size(&data), serde_json::to_vec(&data).unwrap().len());
 }
 
 mod properties {
@@ -418,10 +444,21 @@ mod properties {
                     prop_assert!(size <= MAX_DATA_BYTES, "{api:?}: {size} bytes");
                     if api == ApiVersion::V1 {
                         prop_assert!(data.values().all(Value::is_string));
-                        let _ = v1_body(&JsonObject::new(), data, n.is_low_priority(), &device.pushkey);
+                        let request = V1Request {
+                            options: &JsonObject::new(),
+                            data: &data,
+                            low_priority: n.is_low_priority(),
+                            token: &device.pushkey,
+                        };
+                        prop_assert!(serde_json::to_vec(&request).is_ok());
                     } else {
-                        let body = legacy_body(&JsonObject::new(), data, n.is_low_priority());
-                        let _ = with_recipients(&body, std::slice::from_ref(&device.pushkey));
+                        let request = LegacyRequest {
+                            options: &JsonObject::new(),
+                            data: &data,
+                            low_priority: n.is_low_priority(),
+                            pushkeys: std::slice::from_ref(&device.pushkey),
+                        };
+                        prop_assert!(serde_json::to_vec(&request).is_ok());
                     }
                 }
             }

@@ -2,13 +2,13 @@
 //! `max_connections` limit and Sygnal's metrics.
 
 use crate::oauth::TokenSource;
-use crate::payload::{self, ApiVersion, Data};
+use crate::payload::{self, ApiVersion, Data, LegacyRequest, V1Request};
 use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome, V1Outcome};
 use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use sygnal_plugin_api::http::describe_error;
-use sygnal_plugin_api::http::reqwest::{self, header};
+use sygnal_plugin_api::http::reqwest::{self, header, header::HeaderValue, Url};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
 use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
@@ -49,30 +49,36 @@ const STATUS_CODES: (&str, &str) = (
     "Number of HTTP response status codes received from GCM",
 );
 
-/// How requests are authorised.
+/// How requests are authorised. URLs and header values are built once per app: parsing a URL
+/// (IDNA included) per request showed in the profile.
 pub enum Auth {
     /// Legacy: `Authorization: key=<api_key>` to `{endpoint}/fcm/send`.
     Legacy {
-        /// The full header value. Secret.
-        header: String,
+        /// The full header value, marked sensitive. Secret.
+        header: HeaderValue,
         /// The send URL.
-        url: String,
+        url: Url,
     },
     /// v1: a bearer token from the service account to `{endpoint}/v1/projects/{id}/messages:send`.
     V1 {
         /// Where tokens come from.
         tokens: TokenSource,
         /// The send URL.
-        url: String,
+        url: Url,
     },
 }
 
 /// An HTTP answer, read in full.
 struct Response {
     status: u16,
-    headers: header::HeaderMap,
+    /// The `Retry-After` it carried: read while the headers are at hand, so they need not be
+    /// copied out of the response.
+    retry_after: Option<Duration>,
     body: Vec<u8>,
 }
+
+/// `Content-Type` of every request.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Everything needed to deliver notifications for one app.
 pub struct Transport {
@@ -89,6 +95,8 @@ pub struct Transport {
     fallback_user_agent: bool,
     metrics: Metrics,
     pushkin_labels: Labels,
+    /// `pushkin_labels` with `code="200"`, the answer to almost every request.
+    ok_labels: Labels,
     no_labels: Labels,
 }
 
@@ -122,6 +130,11 @@ pub struct TransportSettings {
 impl Transport {
     /// A transport for one app.
     pub fn new(settings: TransportSettings) -> Self {
+        // The pending gauge only moves when a request waits for a slot; it is exported from the
+        // start all the same (at 0), as Sygnal does and dashboards expect.
+        settings
+            .metrics
+            .gauge_add(PENDING.0, PENDING.1, &Labels::default(), 0.0);
         Transport {
             client: settings.client,
             auth: settings.auth,
@@ -134,6 +147,7 @@ impl Transport {
             fallback_user_agent: settings.fallback_user_agent,
             metrics: settings.metrics,
             pushkin_labels: Labels::new(&[("pushkin", &settings.app_id)]),
+            ok_labels: Labels::new(&[("pushkin", &settings.app_id), ("code", "200")]),
             no_labels: Labels::default(),
         }
     }
@@ -154,8 +168,8 @@ impl Transport {
     async fn dispatch_legacy(
         &self,
         notification: &Notification,
-        authorization: &str,
-        url: &str,
+        authorization: &HeaderValue,
+        url: &Url,
     ) -> Result<Vec<String>, PushError> {
         let pushkeys: Vec<String> = notification
             .devices
@@ -181,10 +195,10 @@ impl Transport {
                 return Ok(Vec::new());
             }
         };
-        let body = payload::legacy_body(&self.fcm_options, data, notification.is_low_priority());
-        let batches = pushkeys
-            .chunks(MAX_REGISTRATION_IDS)
-            .map(|batch| self.send_legacy_batch(&body, batch.to_vec(), authorization, url));
+        let low_priority = notification.is_low_priority();
+        let batches = pushkeys.chunks(MAX_REGISTRATION_IDS).map(|batch| {
+            self.send_legacy_batch(&data, low_priority, batch.to_vec(), authorization, url)
+        });
         let mut rejected = Vec::new();
         let mut failure: Option<PushError> = None;
         for result in join_all(batches).await {
@@ -202,10 +216,11 @@ impl Transport {
     /// Sends `body` to one batch of `pushkeys`; returns the rejected ones.
     async fn send_legacy_batch(
         &self,
-        body: &JsonObject,
+        data: &JsonObject,
+        low_priority: bool,
         pushkeys: Vec<String>,
-        authorization: &str,
-        url: &str,
+        authorization: &HeaderValue,
+        url: &Url,
     ) -> Result<Vec<String>, PushError> {
         struct Progress {
             pending: Vec<String>,
@@ -225,8 +240,13 @@ impl Transport {
                     devices = pending.len(),
                     "sending to FCM (legacy)"
                 );
-                let request = payload::with_recipients(body, &pending);
-                let response = match self.post(url, authorization, &request).await {
+                let request = LegacyRequest {
+                    options: &self.fcm_options,
+                    data,
+                    low_priority,
+                    pushkeys: &pending,
+                };
+                let response = match self.post(url, authorization.clone(), &request).await {
                     Ok(response) => response,
                     Err(reason) => {
                         return Ok(Attempt::Retry {
@@ -254,7 +274,7 @@ impl Transport {
                     }
                     LegacyOutcome::Retry(reason) => Ok(Attempt::Retry {
                         reason,
-                        retry_after: retry_after(&response.headers),
+                        retry_after: response.retry_after,
                     }),
                     LegacyOutcome::Permanent(message) => Err(PushError::permanent(message)),
                 }
@@ -280,7 +300,7 @@ impl Transport {
         &self,
         notification: &Notification,
         tokens: &TokenSource,
-        url: &str,
+        url: &Url,
     ) -> Result<Vec<String>, PushError> {
         self.fan_out
             .run(&notification.devices, |device| {
@@ -295,29 +315,33 @@ impl Transport {
         notification: &Notification,
         device: &sygnal_plugin_api::Device,
         tokens: &TokenSource,
-        url: &str,
+        url: &Url,
     ) -> Result<bool, PushError> {
-        let hint = pushkey_hint(&device.pushkey);
-        let data =
-            match payload::build_data(notification, device, ApiVersion::V1, self.send_badge_counts)
-            {
-                Data::Send(data) => data,
-                Data::Nothing => return Ok(false),
-                Data::BadDefaultPayload => {
-                    warn!(pushkey = %hint, "rejecting pushkey: default_payload must be an object");
-                    return Ok(true);
-                }
-                Data::TooLarge { bytes } => {
-                    self.drop_too_large(bytes);
-                    return Ok(false);
-                }
-            };
-        let body = payload::v1_body(
-            &self.fcm_options,
-            data,
-            notification.is_low_priority(),
-            &device.pushkey,
-        );
+        // Only for logs: not built unless one is written.
+        let hint = || pushkey_hint(&device.pushkey);
+        let data = match payload::build_data(
+            notification,
+            device,
+            ApiVersion::V1,
+            self.send_badge_counts,
+        ) {
+            Data::Send(data) => data,
+            Data::Nothing => return Ok(false),
+            Data::BadDefaultPayload => {
+                warn!(pushkey = %hint(), "rejecting pushkey: default_payload must be an object");
+                return Ok(true);
+            }
+            Data::TooLarge { bytes } => {
+                self.drop_too_large(bytes);
+                return Ok(false);
+            }
+        };
+        let body = V1Request {
+            options: &self.fcm_options,
+            data: &data,
+            low_priority: notification.is_low_priority(),
+            token: &device.pushkey,
+        };
 
         retry(&self.retry, |try_number| {
             let (body, hint) = (&body, &hint);
@@ -332,9 +356,12 @@ impl Transport {
                     }
                     Err(err) => return Err(PushError::permanent(err.message)),
                 };
-                info!(try_number, pushkey = %hint, "sending to FCM (v1)");
-                let authorization = format!("Bearer {token}");
-                let response = match self.post(url, &authorization, body).await {
+                info!(try_number, pushkey = %hint(), "sending to FCM (v1)");
+                let authorization = match bearer(&token) {
+                    Ok(authorization) => authorization,
+                    Err(err) => return Err(PushError::permanent(err)),
+                };
+                let response = match self.post(url, authorization, body).await {
                     Ok(response) => response,
                     Err(reason) => {
                         return Ok(Attempt::Retry {
@@ -346,7 +373,7 @@ impl Transport {
                 match classify_v1(response.status, &response.body) {
                     V1Outcome::Delivered => Ok(Attempt::Done(false)),
                     V1Outcome::Rejected(reason) => {
-                        info!(pushkey = %hint, %reason, "FCM rejected the token");
+                        info!(pushkey = %hint(), %reason, "FCM rejected the token");
                         Ok(Attempt::Done(true))
                     }
                     V1Outcome::Retry { reason, quota } => {
@@ -354,7 +381,7 @@ impl Transport {
                             quota.then(|| self.retry.backoff(try_number) * QUOTA_DELAY_FACTOR);
                         Ok(Attempt::Retry {
                             reason,
-                            retry_after: retry_after(&response.headers).or(quota_delay),
+                            retry_after: response.retry_after.or(quota_delay),
                         })
                     }
                     V1Outcome::Unauthorized(message) => {
@@ -372,21 +399,26 @@ impl Transport {
     /// POSTs `body` as JSON, waiting for a connection slot first; a transport failure is `Err`.
     async fn post(
         &self,
-        url: &str,
-        authorization: &str,
+        url: &Url,
+        authorization: HeaderValue,
         body: &impl serde::Serialize,
     ) -> Result<Response, String> {
         let body =
             serde_json::to_vec(body).map_err(|err| format!("cannot encode the request: {err}"))?;
 
         let queued = Instant::now();
-        let permit = {
-            let _pending = self
-                .metrics
-                .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
-            // Bounded: with a hung upstream every slot stays taken until requests time out,
-            // and an unbounded queue would answer homeservers long after they gave up.
-            tokio::time::timeout(self.slot_wait, self.slots.acquire()).await
+        // A free slot is taken at once, without counting the request as pending (the gauge
+        // would go up and down again in the same instant: two metric updates for nothing).
+        let permit = match self.slots.try_acquire() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(_) => {
+                let _pending = self
+                    .metrics
+                    .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
+                // Bounded: with a hung upstream every slot stays taken until requests time
+                // out, and an unbounded queue would answer homeservers long after they gave up.
+                tokio::time::timeout(self.slot_wait, self.slots.acquire()).await
+            }
         };
         self.observe(QUEUE_TIME, queued.elapsed());
         let _permit = match permit {
@@ -406,12 +438,12 @@ impl Transport {
             .gauge_guard(ACTIVE.0, ACTIVE.1, &self.no_labels);
         let mut request = self
             .client
-            .post(url)
+            .post(url.clone())
             .header(header::AUTHORIZATION, authorization)
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, JSON)
             .body(body);
         if self.fallback_user_agent {
-            request = request.header(header::USER_AGENT, "sygnal");
+            request = request.header(header::USER_AGENT, HeaderValue::from_static("sygnal"));
         }
         let result = async {
             let response = request
@@ -419,22 +451,28 @@ impl Transport {
                 .await
                 .map_err(|err| format!("FCM request failed: {}", describe_error(err)))?;
             let status = response.status().as_u16();
-            let headers = response.headers().clone();
+            let retry_after = retry_after(response.headers());
             let body = read_body_limited(response, MAX_RESPONSE_BYTES).await?;
             Ok::<_, String>(Response {
                 status,
-                headers,
+                retry_after,
                 body,
             })
         }
         .await;
         self.observe(REQUEST_TIME, started.elapsed());
         if let Ok(response) = &result {
-            let labels = self
-                .pushkin_labels
-                .with("code", &response.status.to_string());
+            let other;
+            let labels = if response.status == 200 {
+                &self.ok_labels
+            } else {
+                other = self
+                    .pushkin_labels
+                    .with("code", &response.status.to_string());
+                &other
+            };
             self.metrics
-                .counter_add(STATUS_CODES.0, STATUS_CODES.1, &labels, 1.0);
+                .counter_add(STATUS_CODES.0, STATUS_CODES.1, labels, 1.0);
         }
         result
     }
@@ -468,7 +506,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The shared header value for a legacy API key.
-pub fn legacy_authorization(api_key: &str) -> String {
-    format!("key={api_key}")
+/// The header value for a legacy API key, marked sensitive (kept out of debug output).
+pub fn legacy_authorization(api_key: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::try_from(format!("key={api_key}"))
+        .map_err(|_| "api_key: not usable in an HTTP header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The header value for a v1 access token, marked sensitive.
+fn bearer(token: &str) -> Result<HeaderValue, String> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| "the OAuth access token is not usable in an HTTP header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Parses a send URL built from a validated `endpoint`.
+pub fn send_url(url: &str) -> Result<Url, String> {
+    Url::parse(url).map_err(|err| format!("endpoint: {url:?} is not a valid URL ({err})"))
 }
