@@ -70,9 +70,19 @@ impl Podman {
             .arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
-            .arg(self.dir.join("run"))
+            .arg(self.runroot())
             .args(["--storage-driver", "overlay"]);
         command
+    }
+
+    /// Podman refuses a runroot longer than 50 characters, which a checkout's target directory
+    /// easily is; this one is short, in /tmp, and still unique per target directory (runtime
+    /// state only, like a tmpfs runroot after a reboot, so its loss is harmless).
+    fn runroot(&self) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.dir.hash(&mut hasher);
+        PathBuf::from(format!("/tmp/sygnal-podman-{:016x}", hasher.finish()))
     }
 
     fn has_image(&self, image: &str) -> bool {
