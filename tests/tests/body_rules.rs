@@ -131,3 +131,41 @@ async fn huge_ids_are_cut_and_delivered_by_fcm() {
         assert_eq!(data["type"], "m.room.message");
     }
 }
+
+#[tokio::test]
+async fn huge_ids_are_cut_and_delivered_by_unifiedpush_and_a_413_is_a_counted_drop() {
+    use sygnal_tests::unifiedpush::Endpoint;
+    let (endpoint, server) = Endpoint::start(&[200, 413]).await;
+    let gateway = Gateway::builder(
+        "com.example.up:\n  type: unifiedpush\n  allowed_endpoints: ['127.0.0.1']\n  retry_delay_base: 0.05\n",
+    )
+    .start()
+    .await;
+    let pushkey = format!("{}/up/device", server.url());
+    let (status, answer) = gateway.notify(huge_ids("com.example.up", &pushkey)).await;
+    assert_eq!((status, answer), (200, json!({"rejected": []})));
+    let bodies = endpoint.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    let size = bodies[0].to_string().len();
+    assert!(size <= 4096, "{size} bytes");
+    let notification = &bodies[0]["notification"];
+    assert!(notification["room_id"]
+        .as_str()
+        .is_some_and(|id| id.starts_with("!r")));
+    assert_eq!(notification["content"]["body"], "hello");
+    assert_eq!(notification["counts"]["unread"], 2);
+
+    // An endpoint refusing the message as too large: not retried, answered 200, counted.
+    let (status, answer) = gateway.notify(huge_ids("com.example.up", &pushkey)).await;
+    assert_eq!((status, answer), (200, json!({"rejected": []})));
+    assert_eq!(endpoint.hits(), 2);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("sygnal_unifiedpush_dropped_total{")
+                && line.contains("reason=\"refused_as_too_large\"")
+                && line.ends_with(" 1.0")),
+        "{metrics}"
+    );
+}
