@@ -66,10 +66,7 @@ pub struct CheckedDevice<'a> {
 /// Checks the `notification` object of a `/notify` body (its JSON text).
 pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
     check_values(json)?;
-    let check: NotificationCheck<'_> = serde_path_to_error::deserialize(
-        &mut serde_json::Deserializer::from_str(json),
-    )
-    .map_err(|err| Invalid {
+    let check: NotificationCheck<'_> = checked(json).map_err(|err| Invalid {
         path: format!("notification.{}", err.path()),
         reason: err.inner().to_string(),
     })?;
@@ -84,10 +81,7 @@ pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
         .into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            let check: DeviceCheck<'_> = serde_path_to_error::deserialize(
-                &mut serde_json::Deserializer::from_str(raw.get()),
-            )
-            .map_err(|err| {
+            let check: DeviceCheck<'_> = checked(raw.get()).map_err(|err| {
                 let path = err.path().to_string();
                 let at = if path == "." {
                     String::new()
@@ -107,6 +101,17 @@ pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Checked { devices })
+}
+
+/// `json` as `T`; on failure, the error with the path to the offending value. Tracking the path
+/// costs on every value, so it is only done again for a body already known to be invalid.
+fn checked<'a, T: Deserialize<'a>>(
+    json: &'a str,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    match serde_json::from_str(json) {
+        Ok(value) => Ok(value),
+        Err(_) => serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json)),
+    }
 }
 
 fn invalid(path: &str, reason: &str) -> Invalid {
