@@ -466,38 +466,8 @@ mod tests {
         }
     }
 
-    /// Sygnal's own sygnal.yaml.sample.
-    const SYGNAL_SAMPLE: &str = r#"
-setup:
-  version: 1
-  formatters:
-    normal:
-      format: "%(asctime)s [%(process)d] %(levelname)-5s %(name)s %(message)s"
-  handlers:
-    stderr:
-      class: "logging.StreamHandler"
-      formatter: "normal"
-      stream: "ext://sys.stderr"
-    stdout:
-      class: "logging.StreamHandler"
-      formatter: "normal"
-      stream: "ext://sys.stdout"
-    file:
-      class: "logging.handlers.WatchedFileHandler"
-      formatter: "normal"
-      filename: "./sygnal.log"
-  loggers:
-    sygnal.access:
-      propagate: false
-      handlers: ["stdout"]
-      level: "INFO"
-    sygnal:
-      propagate: false
-      handlers: ["stderr", "file"]
-  root:
-    handlers: ["stderr"]
-    level: "INFO"
-"#;
+    /// The `log` section of Sygnal's own sygnal.yaml.sample.
+    const SYGNAL_SAMPLE: &str = include_str!("../../tests/data/sygnal-sample-log.yaml");
 
     #[test]
     fn reads_sygnals_sample() {

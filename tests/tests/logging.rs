@@ -30,38 +30,15 @@ fn config(log: &str, extra: &str) -> String {
     )
 }
 
-/// The `log` section of Sygnal's sygnal.yaml.sample, verbatim.
-const SYGNAL_SAMPLE_LOG: &str = r#"  setup:
-    version: 1
-    formatters:
-      normal:
-        format: "%(asctime)s [%(process)d] %(levelname)-5s %(name)s %(message)s"
-    handlers:
-      stderr:
-        class: "logging.StreamHandler"
-        formatter: "normal"
-        stream: "ext://sys.stderr"
-      stdout:
-        class: "logging.StreamHandler"
-        formatter: "normal"
-        stream: "ext://sys.stdout"
-      file:
-        class: "logging.handlers.WatchedFileHandler"
-        formatter: "normal"
-        filename: "./sygnal.log"
-    loggers:
-      sygnal.access:
-        propagate: false
-        handlers: ["stdout"]
-        level: "INFO"
-      sygnal:
-        propagate: false
-        handlers: ["stderr", "file"]
-    root:
-      handlers: ["stderr"]
-      level: "INFO"
-  access:
-    x_forwarded_for: false"#;
+/// The `log` section of Sygnal's sygnal.yaml.sample, verbatim, indented under `log:`.
+fn sygnal_sample_log() -> String {
+    include_str!("../data/sygnal-sample-log.yaml")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("  {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// `2025-01-30 12:34:56,789 [<pid>] <level padded to 5> <logger> `: Sygnal's "normal" format.
 fn is_normal_line(line: &str, pid: u32, level: &str, logger: &str) -> bool {
@@ -79,7 +56,7 @@ fn is_normal_line(line: &str, pid: u32, level: &str, logger: &str) -> bool {
 
 #[tokio::test]
 async fn sygnals_sample_sends_each_logger_to_its_own_handlers() {
-    let gw = Gateway::builder_with_config(&config(SYGNAL_SAMPLE_LOG, ""))
+    let gw = Gateway::builder_with_config(&config(&sygnal_sample_log(), ""))
         .separate_stdout()
         .start()
         .await;
@@ -266,7 +243,7 @@ async fn the_access_log_takes_x_forwarded_for_only_when_asked_and_health_at_debu
 
 #[tokio::test]
 async fn json_applies_to_every_handler() {
-    let log = format!("{SYGNAL_SAMPLE_LOG}\n  format: json");
+    let log = format!("{}\n  format: json", sygnal_sample_log());
     let gw = Gateway::builder_with_config(&config(&log, ""))
         .separate_stdout()
         .start()
