@@ -41,14 +41,14 @@ mod yaml;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// glibc's malloc and free took about a quarter of the gateway's CPU under load, with two
 /// runtimes' threads allocating and freeing request buffers (BENCHMARKS.md). Each plugin
 /// library has its own allocator (plugin-api feature `mimalloc`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::sync::Arc;
-use std::time::Duration;
 
 const USAGE: &str = "\
 usage: sygnal [--config PATH] [--pid-file PATH] [COMMAND]
