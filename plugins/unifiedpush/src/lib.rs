@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use sygnal_plugin_api::http::{
-    self, Allowlist, ClientOptions, EndpointGuard, RetrySettings, Sender, Verdict,
+    self, reqwest, Allowlist, ClientOptions, EndpointGuard, RetrySettings, Sender, Verdict,
 };
 use sygnal_plugin_api::text::shave_longest;
 use sygnal_plugin_api::{
@@ -61,8 +61,6 @@ const DROPPED: (&str, &str) = (
     "sygnal_unifiedpush_dropped",
     "Notifications not sent to a UnifiedPush endpoint because they are over its size limit",
 );
-
-use sygnal_plugin_api::http::reqwest;
 
 /// The body for the endpoints of one notification, or why there is none.
 #[derive(Debug, PartialEq)]
