@@ -86,9 +86,7 @@ impl CoreMetrics {
     fn new() -> Result<Self, String> {
         let registry = registry();
         let series = |name: &str, help: &str, kind: Kind, labels: &str| {
-            registry
-                .series(name, help, kind, labels)
-                .ok_or_else(|| format!("metric {name} registered with another type"))
+            registry.try_series(name, help, kind, labels)
         };
         let by_code = [200u16, 400, 408, 413, 500, 502, 503]
             .into_iter()

@@ -18,6 +18,15 @@ pub enum Failure {
     Panic,
 }
 
+/// How a failed dispatch is named in logs and traces.
+pub fn kind_label(kind: PushErrorKind) -> &'static str {
+    match kind {
+        PushErrorKind::Temporary => "temporary",
+        PushErrorKind::Permanent => "permanent",
+        PushErrorKind::Panic => "panic",
+    }
+}
+
 /// The devices of one notification routed to one app.
 struct Batch {
     app: Arc<App>,
@@ -126,11 +135,7 @@ pub async fn dispatch(
         match outcome {
             RResult::ROk(keys) => rejected.extend(keys.into_iter().map(String::from)),
             RResult::RErr(err) => {
-                let kind = match err.kind {
-                    PushErrorKind::Temporary => "temporary",
-                    PushErrorKind::Permanent => "permanent",
-                    PushErrorKind::Panic => "panic",
-                };
+                let kind = kind_label(err.kind);
                 tracing::warn!(app = %app.id, plugin = %app.kind, kind, error = %err.message, "dispatch failed");
                 crate::sentry::dispatch_failed(
                     &app.id,

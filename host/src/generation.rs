@@ -170,15 +170,15 @@ pub fn build(
         let source = source(config, &search, plugins, host)?;
         let id = config.app_id.clone();
         match baseline.apps.get(&id) {
-            Some((old, running)) if old.differences(&source).is_empty() => {
-                if let Some(app) = running {
-                    instances.0.push(Instance::Kept(Arc::clone(app)));
-                }
-                changes.kept.push((id, source));
-                continue;
-            }
-            Some((old, _)) => {
+            Some((old, running)) => {
                 let what = old.differences(&source);
+                if what.is_empty() {
+                    if let Some(app) = running {
+                        instances.0.push(Instance::Kept(Arc::clone(app)));
+                    }
+                    changes.kept.push((id, source));
+                    continue;
+                }
                 changes.changed.push((id, source.clone(), what));
             }
             None => changes.added.push((id, source.clone())),

@@ -18,11 +18,10 @@ pub fn check(config_path: Option<PathBuf>) -> Result<(), String> {
         config::load(&path).map_err(|err| format!("config error in {}: {err}", path.display()))?;
     let http = &loaded.config.http;
     let mut failures = Vec::new();
-    for address in &http.bind_addresses {
-        let ip: IpAddr = address
-            .parse()
-            .map_err(|_| format!("http.bind_addresses: `{address}` is not an IP address"))?;
-        let target = SocketAddr::new(reachable(ip), http.port);
+    let addresses = crate::listeners::addresses(&http.bind_addresses, http.port)
+        .map_err(|err| format!("http.bind_addresses: {err}"))?;
+    for address in addresses {
+        let target = SocketAddr::new(reachable(address.ip()), address.port());
         match probe(target) {
             Ok(()) => {
                 println!("healthy: http://{target}/health answered 200");

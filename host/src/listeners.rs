@@ -259,7 +259,7 @@ pub async fn open(config: &Config, inherited: Inherited) -> Result<Listeners, St
 }
 
 /// `addresses` (IP addresses, as the config has them) on `port`.
-fn addresses(addresses: &[String], port: u16) -> Result<Vec<SocketAddr>, String> {
+pub fn addresses(addresses: &[String], port: u16) -> Result<Vec<SocketAddr>, String> {
     addresses
         .iter()
         .map(|address| {

@@ -207,6 +207,18 @@ pub struct Registry {
 const REMOVED_APP: &str = "the app was removed by a reload";
 
 impl Registry {
+    /// [`Registry::series`], with the error a caller building its metrics at start reports.
+    pub fn try_series(
+        &self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &str,
+    ) -> Result<Arc<Series>, String> {
+        self.series(name, help, kind, labels)
+            .ok_or_else(|| format!("metric {name} registered with another type"))
+    }
+
     /// The gateway's own series `name{labels}`, created on first use. `labels` is rendered
     /// Prometheus label syntax without braces. A name already registered with another kind
     /// yields `None`. A plugin's family of the same name is dropped: the name is the host's.

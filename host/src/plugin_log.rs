@@ -148,6 +148,11 @@ pub fn emit(level: LogLevel, plugin: &str, target: &str, message: &str, fields: 
     let Some(level) = level_of(level) else {
         return;
     };
+    // Whether the line is written depends on its level and target only (the callsite without
+    // fields has both): decided before the fields are parsed and the span is made.
+    if metadata_for(level, plugin, &[]).is_some_and(|metadata| !enabled(metadata)) {
+        return;
+    }
     let structured = fields
         .trim_start()
         .starts_with('{')

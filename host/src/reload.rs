@@ -276,10 +276,9 @@ struct ReloadMetrics {
 
 impl ReloadMetrics {
     fn new() -> Result<Self, String> {
+        let registry = registry();
         let series = |name: &str, help: &str, kind: Kind, labels: &str| {
-            registry()
-                .series(name, help, kind, labels)
-                .ok_or_else(|| format!("metric {name} registered with another type"))
+            registry.try_series(name, help, kind, labels)
         };
         let reloads = |result: &str| {
             series(

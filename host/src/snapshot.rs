@@ -264,16 +264,15 @@ fn check_private(base: &Path, must_be_private: bool) -> Result<(), String> {
         .map_err(|err| format!("plugin snapshot directory {}: {err}", base.display()))?;
     // SAFETY: geteuid cannot fail and has no preconditions.
     let uid = unsafe { libc::geteuid() };
+    // What the path leads to (the symlink's target, when it is one and that is allowed).
+    let target = fs::metadata(base).ok();
     let problem = if metadata.file_type().is_symlink() && must_be_private {
         Some("is a symlink")
-    } else if !fs::metadata(base).map(|m| m.is_dir()).unwrap_or(false) {
+    } else if !target.as_ref().is_some_and(|m| m.is_dir()) {
         Some("is not a directory")
-    } else if fs::metadata(base).map(|m| m.uid()).unwrap_or(u32::MAX) != uid {
+    } else if target.as_ref().map_or(u32::MAX, |m| m.uid()) != uid {
         Some("belongs to another user")
-    } else if fs::metadata(base)
-        .map(|m| m.mode() & 0o022 != 0)
-        .unwrap_or(true)
-    {
+    } else if target.as_ref().is_none_or(|m| m.mode() & 0o022 != 0) {
         Some("is writable by other users")
     } else {
         None

@@ -139,18 +139,16 @@ impl Dedup {
         if !config.is_enabled() {
             return Ok(Dedup::default());
         }
-        let metrics = registry();
+        let registry = registry();
         let series = |name: &str, help: &str, kind: Kind, labels: &str| {
-            metrics
-                .series(name, help, kind, labels)
-                .ok_or_else(|| format!("metric {name} registered with another type"))
+            registry.try_series(name, help, kind, labels)
         };
-        let duplicate = |outcome: Outcome| {
+        let duplicate = |outcome: &str| {
             series(
                 "sygnal_dedup_duplicates",
                 "Notifications answered from an earlier attempt's outcome instead of being pushed again",
                 Kind::Counter,
-                &label("outcome", outcome.label()),
+                &label("outcome", outcome),
             )
         };
         let store_up = |store: &str| {
@@ -193,13 +191,11 @@ impl Dedup {
                 shared,
                 window,
                 wait: Duration::from_secs_f64(config.wait_timeout),
-                duplicates: [duplicate(Outcome::Delivered)?, duplicate(Outcome::Rejected)?],
-                still_in_flight: series(
-                    "sygnal_dedup_duplicates",
-                    "Notifications answered from an earlier attempt's outcome instead of being pushed again",
-                    Kind::Counter,
-                    &label("outcome", "still_in_flight"),
-                )?,
+                duplicates: [
+                    duplicate(Outcome::Delivered.label())?,
+                    duplicate(Outcome::Rejected.label())?,
+                ],
+                still_in_flight: duplicate("still_in_flight")?,
             })),
         })
     }

@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
-use sygnal_plugin_api::abi::{FfiDispatchResult, PushErrorKind};
+use sygnal_plugin_api::abi::FfiDispatchResult;
 use sygnal_plugin_api::trace::{
     hex_to, join_request_id, new_span_id, new_trace_id, unix_nanos, SpanRecord, TraceContext,
 };
@@ -328,11 +328,7 @@ impl DispatchSpan {
                 self.0.end(None);
             }
             Err(err) => {
-                let kind = match err.kind {
-                    PushErrorKind::Temporary => "temporary",
-                    PushErrorKind::Permanent => "permanent",
-                    PushErrorKind::Panic => "panic",
-                };
+                let kind = crate::dispatch::kind_label(err.kind);
                 self.0.set("error.type", Attr::Str(kind.into()));
                 self.0.end(Some(err.message.to_string()));
             }
