@@ -43,8 +43,8 @@ impl Pushkin for Webhook {
     }
 
     async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
-        let deliver = |device| self.deliver(notification, device);
-        self.fan_out.run(&notification.devices, deliver).await
+        let base = Notification { devices: Vec::new(), ..notification.clone() }; // cloned per device
+        self.fan_out.run(&notification.devices, |d| self.deliver(&base, d)).await
     }
 }
 

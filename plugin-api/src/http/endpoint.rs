@@ -292,6 +292,20 @@ impl EndpointGuard {
     pub fn resolver(&self) -> Arc<dyn Resolve> {
         Arc::new(self.clone())
     }
+
+    /// The HTTP client for endpoints this guard checks: [`build_client`](super::build_client)'s,
+    /// connecting only through [`EndpointGuard::resolver`], so the check holds again at connect
+    /// time whatever DNS answers by then.
+    pub fn client(
+        &self,
+        host: &crate::HostInfo,
+        options: &super::ClientOptions,
+    ) -> Result<reqwest::Client, String> {
+        super::client_builder(host, options)?
+            .dns_resolver(self.resolver())
+            .build()
+            .map_err(|err| format!("cannot build the HTTP client: {err}"))
+    }
 }
 
 /// Tells a name that does not exist from a resolver that failed.

@@ -185,7 +185,7 @@ impl RetrySettings {
     pub fn from_context(ctx: &crate::PushkinContext) -> Result<RetryPolicy, String> {
         let defaults = RetrySettings::default();
         let config = ctx.raw_config();
-        let key_error = |key: &str, why: &str| format!("apps.{}.{key}: {why}", ctx.app_id());
+        let key_error = |key: &str, why: &str| ctx.config_error(key, why);
         let max_tries = match config.get("max_tries") {
             None | Some(serde_json::Value::Null) => defaults.max_tries,
             Some(value) => crate::lenient::as_u64(value)

@@ -37,12 +37,12 @@ impl Pushkin for GcmPushkin {
         };
         let client = build_client(ctx.host(), &options)
             .map_err(|err| format!("apps.{}: {err}", ctx.app_id()))?;
-        let app_error = |err: String| format!("apps.{}.{err}", ctx.app_id());
         let auth = match config.api {
             Api::Legacy { api_key } => Auth::Legacy {
-                header: transport::legacy_authorization(&api_key).map_err(app_error)?,
+                header: transport::legacy_authorization(&api_key)
+                    .map_err(|why| ctx.config_error("api_key", why))?,
                 url: transport::send_url(&format!("{}/fcm/send", config.endpoint))
-                    .map_err(app_error)?,
+                    .map_err(|why| ctx.config_error("endpoint", why))?,
             },
             Api::V1 {
                 project_id,
@@ -54,7 +54,7 @@ impl Pushkin for GcmPushkin {
                     "{}/v1/projects/{project_id}/messages:send",
                     config.endpoint
                 ))
-                .map_err(app_error)?,
+                .map_err(|why| ctx.config_error("endpoint", why))?,
             },
         };
         let transport = Transport::new(TransportSettings {

@@ -509,7 +509,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The header value for a legacy API key, marked sensitive (kept out of debug output).
 pub fn legacy_authorization(api_key: &str) -> Result<HeaderValue, String> {
     let mut value = HeaderValue::try_from(format!("key={api_key}"))
-        .map_err(|_| "api_key: not usable in an HTTP header".to_owned())?;
+        .map_err(|_| "not usable in an HTTP header".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -524,5 +524,5 @@ fn bearer(token: &str) -> Result<HeaderValue, String> {
 
 /// Parses a send URL built from a validated `endpoint`.
 pub fn send_url(url: &str) -> Result<Url, String> {
-    Url::parse(url).map_err(|err| format!("endpoint: {url:?} is not a valid URL ({err})"))
+    Url::parse(url).map_err(|err| format!("{url:?} is not a valid URL ({err})"))
 }

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use sygnal_plugin_api::http::{
-    self, reqwest, Allowlist, ClientOptions, EndpointGuard, RetrySettings, Sender, Verdict,
+    reqwest, Allowlist, ClientOptions, EndpointGuard, RetrySettings, Sender, Verdict,
 };
 use sygnal_plugin_api::text::shave_longest;
 use sygnal_plugin_api::{
@@ -160,10 +160,7 @@ impl Pushkin for UnifiedPush {
             request_timeout: Duration::from_secs_f64(config.timeout),
             ..ClientOptions::default()
         };
-        let client = http::client_builder(ctx.host(), &options)?
-            .dns_resolver(guard.resolver())
-            .build()
-            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+        let client = guard.client(ctx.host(), &options)?;
         Ok(UnifiedPush {
             sender: Sender::new(client, retry),
             guard,

@@ -83,8 +83,6 @@ pub struct WebPush {
     vapid: VapidKey,
     contact: String,
     ttl: u64,
-    /// `allowed_endpoints`, when set: the only push services used.
-    allowed: Option<Allowlist>,
     guard: EndpointGuard,
     sender: Sender,
     connections: Arc<Semaphore>,
@@ -123,20 +121,15 @@ impl Pushkin for WebPush {
         if !config.timeout.is_finite() || config.timeout <= 0.0 {
             return Err(ctx.config_error("timeout", "must be a positive number of seconds"));
         }
-        let allowed = config
-            .allowed_endpoints
-            .filter(|list| !list.is_empty())
-            .map(Allowlist::new);
-        let guard = EndpointGuard::new(allowed.clone().unwrap_or_default());
+        // `allowed_endpoints`, when set, also names the only push services used.
+        let guard =
+            EndpointGuard::new(Allowlist::new(config.allowed_endpoints.unwrap_or_default()));
         let options = ClientOptions {
             request_timeout: Duration::from_secs_f64(config.timeout),
             max_idle_per_host: config.max_connections,
             ..ClientOptions::default()
         };
-        let client = http::client_builder(ctx.host(), &options)?
-            .dns_resolver(guard.resolver())
-            .build()
-            .map_err(|err| format!("cannot build the HTTP client: {err}"))?;
+        let client = guard.client(ctx.host(), &options)?;
         tracing::info!(
             app = ctx.app_id(),
             public_key = vapid.public_key(),
@@ -146,7 +139,6 @@ impl Pushkin for WebPush {
             vapid,
             contact: format!("mailto:{contact}"),
             ttl,
-            allowed,
             guard,
             sender: Sender::new(client, RetrySettings::from_context(&ctx)?),
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -193,7 +185,8 @@ impl WebPush {
         let endpoint = data.get("endpoint").and_then(|v| v.as_str()).unwrap_or("");
         let auth = data.get("auth").and_then(|v| v.as_str()).unwrap_or("");
         let parsed = reqwest::Url::parse(endpoint).ok();
-        if let (Some(allowed), Some(url)) = (&self.allowed, &parsed) {
+        let allowed = self.guard.allowlist();
+        if let Some(url) = parsed.as_ref().filter(|_| !allowed.is_empty()) {
             let host = url.host_str().unwrap_or("");
             let netloc = format!("{host}:{}", url.port_or_known_default().unwrap_or(443));
             if !allowed.allows(host) && !allowed.allows(&netloc) {
