@@ -14,7 +14,7 @@ use crate::listeners::{self, HandoverSockets, Inherited, Origin};
 use crate::reload::Reloader;
 use crate::server::{Limits, Server};
 use crate::upgrade::{self, Upgrade};
-use crate::{log_file, sys, systemd};
+use crate::{code_pages, log_file, sys, systemd};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +65,7 @@ pub async fn run(
     };
     let servers = Servers::start(listeners.api, listeners.metrics, &state, limits, access_log);
     announce_ready(startup.pid_file.as_deref(), startup.ready_pipe, upgraded).await?;
+    release_startup_code();
 
     let handed_over = serve_until_stopped(
         &mut signals,
@@ -106,7 +107,20 @@ async fn on_sighup(reloader: &Arc<Reloader>) {
     log_file::reopen();
     tracing::info!("SIGHUP received: log file reopened");
     drop(reloader.reload().await);
+    release_startup_code();
     systemd::ready();
+}
+
+/// Unmaps the code that loading and constructing ran (see [`code_pages`]).
+fn release_startup_code() {
+    match code_pages::release() {
+        Ok(released) => tracing::debug!(
+            mappings = released.mappings,
+            resident_kib = released.resident_kib,
+            "code pages used to start released"
+        ),
+        Err(err) => tracing::debug!(error = %err, "cannot read /proc/self/smaps"),
+    }
 }
 
 /// Serves, reacting to signals, until SIGTERM/SIGINT (`None`) or until a new process started

@@ -10,6 +10,7 @@
 mod access_log;
 mod api;
 mod apps;
+mod code_pages;
 mod commands;
 mod compat;
 mod config;

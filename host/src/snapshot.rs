@@ -17,7 +17,7 @@ use ring::digest;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -327,7 +327,7 @@ fn process_exists(pid: u32) -> bool {
     result == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// Copies `source` into a new file at `target` (in the kernel where it can), then hashes the
+/// Copies `source` into a new file at `target`, then hashes the
 /// copy, which is what gets loaded: (bytes copied, their hash, the first 64 bytes).
 fn copy_then_hash(source: &mut File, target: &Path) -> std::io::Result<(u64, Sha256, Vec<u8>)> {
     let mut out = OpenOptions::new()
@@ -335,7 +335,19 @@ fn copy_then_hash(source: &mut File, target: &Path) -> std::io::Result<(u64, Sha
         .create_new(true)
         .mode(0o600)
         .open(target)?;
-    let copied = std::io::copy(source, &mut out)?;
+    // Page by page, not in the kernel in large chunks: a large write makes large page-cache
+    // folios, and a fault on a folio maps all of it, so a library copied in one piece kept
+    // megabytes of cold code resident (see `code_pages`).
+    let mut copied = 0u64;
+    let mut page = [0u8; 4096];
+    loop {
+        let read = source.read(&mut page)?;
+        if read == 0 {
+            break;
+        }
+        out.write_all(&page[..read])?;
+        copied += read as u64;
+    }
     drop(out);
     let mut copy = File::open(target)?;
     let mut context = digest::Context::new(&digest::SHA256);

@@ -525,3 +525,67 @@ async fn wait_for_file_containing(path: &Path, needle: &str, timeout: Duration) 
     }
     false
 }
+
+/// Resident KiB and size in KiB of the executable mappings of the plugin snapshots.
+fn snapshot_code_kib(pid: u32) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let (mut resident, mut size, mut in_snapshot_code) = (0, 0, false);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|range| range.contains('-')) && fields.len() >= 5 {
+            in_snapshot_code = fields[1] == "r-xp"
+                && fields
+                    .get(5)
+                    .is_some_and(|path| path.contains("sygnal-plugins"));
+        } else if in_snapshot_code {
+            let kib = || fields[1].parse::<u64>().expect("kB");
+            match fields[0] {
+                "Size:" => size += kib(),
+                "Rss:" => resident += kib(),
+                _ => {}
+            }
+        }
+    }
+    (resident, size)
+}
+
+#[tokio::test]
+async fn code_only_startup_ran_is_released_once_serving_and_after_a_reload() {
+    let gw = Gateway::builder(APPS).start().await;
+    assert!(
+        gw.wait_for_log("code pages used to start released", Duration::from_secs(10))
+            .await,
+        "{}",
+        gw.logs()
+    );
+    let (resident, size) = snapshot_code_kib(gw.pid());
+    assert!(size > 0, "no plugin snapshot mapped");
+    // Loading and constructing ran a good part of the library; idle, little of it is mapped.
+    assert!(
+        resident * 4 < size,
+        "{resident} KiB of {size} KiB of plugin code still resident"
+    );
+    // What runs again maps its code back.
+    let (status, _) = gw.notify(notification("k")).await;
+    assert_eq!(status, 200);
+    assert!(
+        gw.wait_for_log("scripted dispatch", Duration::from_secs(5))
+            .await
+    );
+    gw.signal("HUP");
+    let released_twice = async {
+        while gw
+            .logs()
+            .matches("code pages used to start released")
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), released_twice)
+        .await
+        .unwrap_or_else(|_| panic!("not released after the reload:\n{}", gw.logs()));
+    let (status, _) = gw.notify(notification("k2")).await;
+    assert_eq!(status, 200);
+}
