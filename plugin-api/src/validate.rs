@@ -15,6 +15,7 @@
 //! The check borrows from the text it checks and allocates only for the devices list and for
 //! errors: it runs on every request.
 
+use crate::notification::de::Key;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess};
 use serde::de::{Unexpected, Visitor};
 use serde::Deserialize;
@@ -234,28 +235,6 @@ fn too_deep<E: serde::de::Error>(depth: usize) -> Result<(), E> {
             "objects and arrays nested deeper than {MAX_DEPTH} levels"
         ))),
         false => Ok(()),
-    }
-}
-
-/// An object key, borrowed unless it holds escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(key.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(V)
     }
 }
 
