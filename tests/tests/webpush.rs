@@ -530,3 +530,58 @@ fn the_sample_webpush_section_works_uncommented() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_push_waits_for_a_connection_slot_no_longer_than_the_timeout() {
+    // A push service that accepts connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let (_dir, key, _) = vapid_key();
+    // (max_tries 2 from `app`: the one timed-out try is retried once.)
+    let extra = format!("{LOOPBACK_ALLOWED}  max_connections: 1\n  timeout: 2\n");
+    let gw = Gateway::builder(&app(&key, &extra)).start().await;
+    let endpoint = format!("http://127.0.0.1:{port}/push/x");
+    let browsers = [Browser::new(), Browser::new(), Browser::new()];
+    // The first push takes the only slot and holds it while it hangs (2 s per try, two
+    // tries); the two queued behind it, 0.3 s and 0.6 s later, wait 2 s at most for the slot
+    // and fail then, instead of waiting for the first without bound.
+    let push = |n: usize| {
+        let body = notify(&browsers[n], &endpoint, json!({}), message());
+        let gw = &gw;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300 * n as u64)).await;
+            let started = std::time::Instant::now();
+            let (status, answer) = gw.notify(body).await;
+            (status, answer, started.elapsed())
+        }
+    };
+    let (first, second, third) = tokio::join!(push(0), push(1), push(2));
+    assert_eq!(
+        (first.0, second.0, third.0),
+        (502, 502, 502),
+        "{first:?} / {second:?} / {third:?}"
+    );
+    for queued in [&second, &third] {
+        assert!(
+            queued.2 >= Duration::from_millis(1800) && queued.2 < Duration::from_millis(3300),
+            "a queued push was answered after {:?}",
+            queued.2
+        );
+    }
+    assert!(
+        gw.wait_for_log(
+            "no free push service connection slot",
+            Duration::from_secs(5)
+        )
+        .await,
+        "{}",
+        gw.logs()
+    );
+    holder.abort();
+}

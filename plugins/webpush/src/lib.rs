@@ -86,6 +86,8 @@ pub struct WebPush {
     guard: EndpointGuard,
     sender: Sender,
     connections: Arc<Semaphore>,
+    /// How long a push may wait for one of the `max_connections` slots (`timeout`).
+    slot_wait: Duration,
     fan_out: FanOut,
     rng: SystemRandom,
     metrics: Metrics,
@@ -142,6 +144,7 @@ impl Pushkin for WebPush {
             guard,
             sender: Sender::new(client, RetrySettings::from_context(&ctx)?),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            slot_wait: Duration::from_secs_f64(config.timeout),
             fan_out: FanOut::from_context(&ctx)?,
             rng: SystemRandom::new(),
             metrics: ctx.metrics(),
@@ -264,9 +267,20 @@ impl WebPush {
             let _pending = self
                 .metrics
                 .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
-            self.connections.acquire().await
+            // Bounded: with a hung push service every slot stays taken until its requests
+            // time out, and the pushes queued behind them must not wait longer than that.
+            tokio::time::timeout(self.slot_wait, self.connections.acquire()).await
         };
-        let _permit = permit.map_err(|_| PushError::temporary("the pushkin is shutting down"))?;
+        let _permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(PushError::temporary("the pushkin is shutting down")),
+            Err(_) => {
+                return Err(PushError::temporary(format!(
+                    "no free push service connection slot (max_connections) within {} s",
+                    self.slot_wait.as_secs_f64()
+                )))
+            }
+        };
         self.metrics.histogram_observe(
             QUEUE_TIME.0,
             QUEUE_TIME.1,
