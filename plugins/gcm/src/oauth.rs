@@ -5,8 +5,9 @@
 //! roots apply to the token fetch exactly as to FCM itself (a separate OAuth library would
 //! bring its own HTTP stack and bypass both).
 //!
-//! Tokens are cached and refreshed shortly before they expire; concurrent pushes wait for a
-//! single fetch instead of each starting their own.
+//! Tokens are cached, with the `Authorization` header carrying them, and refreshed shortly
+//! before they expire; concurrent pushes wait for a single fetch instead of each starting their
+//! own. A push while the token is fresh takes neither the fetch lock nor builds a header.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -15,6 +16,7 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use sygnal_plugin_api::http::reqwest::header::HeaderValue;
 use sygnal_plugin_api::http::{describe_error, read_body_limited, reqwest};
 use tokio::sync::Mutex;
 
@@ -179,8 +181,40 @@ pub struct TokenError {
     pub message: String,
 }
 
+/// An access token, and the `Authorization` header that carries it (marked sensitive).
+#[derive(Debug)]
+pub struct AccessToken {
+    value: Box<str>,
+    authorization: HeaderValue,
+}
+
+impl AccessToken {
+    fn new(value: String) -> Result<AccessToken, TokenError> {
+        let mut authorization =
+            HeaderValue::try_from(format!("Bearer {value}")).map_err(|_| TokenError {
+                temporary: false,
+                message: "the OAuth access token is not usable in an HTTP header".to_owned(),
+            })?;
+        authorization.set_sensitive(true);
+        Ok(AccessToken {
+            value: value.into(),
+            authorization,
+        })
+    }
+
+    /// The token itself.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// `Bearer <token>`, for the `Authorization` header.
+    pub fn authorization(&self) -> &HeaderValue {
+        &self.authorization
+    }
+}
+
 struct CachedToken {
-    value: Arc<str>,
+    token: Arc<AccessToken>,
     refresh_at: Instant,
     usable_until: Instant,
 }
@@ -192,6 +226,8 @@ pub struct TokenSource {
     // A tokio mutex held across the fetch is the single flight: whoever finds the token stale
     // fetches it, everyone else waits for that one result.
     cached: Mutex<Option<CachedToken>>,
+    /// The cached token while it needs no refresh, and until when: what pushes read.
+    fresh: std::sync::Mutex<Option<(Arc<AccessToken>, Instant)>>,
 }
 
 #[derive(Deserialize)]
@@ -213,44 +249,65 @@ impl TokenSource {
             account,
             client,
             cached: Mutex::new(None),
+            fresh: std::sync::Mutex::new(None),
         }
     }
 
     /// A valid access token, fetched only when the cached one is due for refresh.
-    pub async fn token(&self) -> Result<Arc<str>, TokenError> {
-        let mut cached = self.cached.lock().await;
-        let now = Instant::now();
-        if let Some(token) = cached.as_ref() {
-            if now < token.refresh_at {
-                return Ok(Arc::clone(&token.value));
+    pub async fn token(&self) -> Result<Arc<AccessToken>, TokenError> {
+        if let Some((token, refresh_at)) = self.fresh().as_ref() {
+            if Instant::now() < *refresh_at {
+                return Ok(Arc::clone(token));
             }
         }
-        match self.fetch().await {
-            Ok(token) => {
-                let value = Arc::clone(&token.value);
-                *cached = Some(token);
-                Ok(value)
+        let mut cached = self.cached.lock().await;
+        let now = Instant::now();
+        if let Some(cached) = cached.as_ref() {
+            if now < cached.refresh_at {
+                return Ok(Arc::clone(&cached.token));
+            }
+        }
+        let result = match self.fetch().await {
+            Ok(fetched) => {
+                let token = Arc::clone(&fetched.token);
+                *cached = Some(fetched);
+                Ok(token)
             }
             // A failed early refresh is no reason to fail pushes while the old token still works.
             Err(err) => match cached.as_mut() {
-                Some(token) if Instant::now() < token.usable_until => {
+                Some(current) if Instant::now() < current.usable_until => {
                     sygnal_plugin_api::tracing::warn!(error = %err.message, "refreshing the FCM access token failed; using the current one");
                     // Try again a little later, not on every push meanwhile.
                     let later = Instant::now() + REFRESH_RETRY;
-                    token.refresh_at = later.min(token.usable_until);
-                    Ok(Arc::clone(&token.value))
+                    current.refresh_at = later.min(current.usable_until);
+                    Ok(Arc::clone(&current.token))
                 }
                 _ => Err(err),
             },
-        }
+        };
+        *self.fresh() = cached
+            .as_ref()
+            .map(|cached| (Arc::clone(&cached.token), cached.refresh_at));
+        result
     }
 
     /// Forgets `token` if it is still the cached one (FCM answered 401 to it).
     pub async fn invalidate(&self, token: &str) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| &*c.value == token) {
+        if cached
+            .as_ref()
+            .is_some_and(|cached| cached.token.value() == token)
+        {
             *cached = None;
+            *self.fresh() = None;
         }
+    }
+
+    fn fresh(&self) -> std::sync::MutexGuard<'_, Option<(Arc<AccessToken>, Instant)>> {
+        // Only ever holds a complete value: a panic elsewhere cannot leave it half-written.
+        self.fresh
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn fetch(&self) -> Result<CachedToken, TokenError> {
@@ -316,7 +373,7 @@ impl TokenSource {
             "fetched an FCM access token"
         );
         Ok(CachedToken {
-            value: token.access_token.into(),
+            token: Arc::new(AccessToken::new(token.access_token)?),
             refresh_at: started + lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2)),
             usable_until: started
                 + lifetime.saturating_sub(Duration::from_secs(30).min(lifetime / 4)),

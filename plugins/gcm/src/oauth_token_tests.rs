@@ -69,12 +69,17 @@ async fn concurrent_callers_share_one_fetch_and_the_token_is_cached() {
         tokio::spawn(async move { tokens.token().await })
     });
     for call in futures_util::future::join_all(calls).await {
-        assert_eq!(&*call.unwrap().unwrap(), "token-1");
+        assert_eq!(call.unwrap().unwrap().value(), "token-1");
     }
     for _ in 0..10 {
-        assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+        assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     }
     assert_eq!(fake.fetches.load(Ordering::SeqCst), 1);
+    // The header is built once per token, and kept out of debug output.
+    let token = tokens.token().await.unwrap();
+    assert_eq!(token.authorization(), "Bearer token-1");
+    assert!(token.authorization().is_sensitive());
+    assert!(Arc::ptr_eq(&token, &tokens.token().await.unwrap()));
 
     let body = fake.bodies.lock().unwrap()[0].clone();
     let (grant, assertion) = body.split_once('&').unwrap();
@@ -89,21 +94,21 @@ async fn concurrent_callers_share_one_fetch_and_the_token_is_cached() {
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_before_they_expire() {
     let (fake, tokens) = source(2).await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     // Refreshed once half the lifetime (under 5 minutes) is left.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-2");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-2");
     assert_eq!(fake.fetches.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn a_failed_early_refresh_keeps_the_current_token() {
     let (fake, tokens) = source(2).await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     fake.fail_with.store(503, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     // Past its usable life, the failure shows.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let err = tokens.token().await.unwrap_err();
@@ -129,11 +134,11 @@ async fn token_endpoint_errors_are_classified() {
 #[tokio::test]
 async fn invalidate_forces_a_new_fetch_only_for_the_current_token() {
     let (fake, tokens) = source(3600).await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     tokens.invalidate("some-older-token").await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-1");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-1");
     tokens.invalidate("token-1").await;
-    assert_eq!(&*tokens.token().await.unwrap(), "token-2");
+    assert_eq!(tokens.token().await.unwrap().value(), "token-2");
     assert_eq!(fake.fetches.load(Ordering::SeqCst), 2);
 }
 
@@ -152,4 +157,11 @@ async fn unreachable_token_endpoint_is_temporary() {
         sygnal_plugin_api::http::build_client(&Default::default(), &Default::default()).unwrap();
     let err = TokenSource::new(account, client).token().await.unwrap_err();
     assert!(err.temporary, "{err:?}");
+}
+
+#[test]
+fn a_token_unusable_in_a_header_is_refused_for_good() {
+    let err = AccessToken::new("bad\ntoken".to_owned()).unwrap_err();
+    assert!(!err.temporary);
+    assert!(!err.message.contains("bad"), "{}", err.message);
 }

@@ -357,11 +357,7 @@ impl Transport {
                     Err(err) => return Err(PushError::permanent(err.message)),
                 };
                 info!(try_number, pushkey = %hint(), "sending to FCM (v1)");
-                let authorization = match bearer(&token) {
-                    Ok(authorization) => authorization,
-                    Err(err) => return Err(PushError::permanent(err)),
-                };
-                let response = match self.post(url, authorization, body).await {
+                let response = match self.post(url, token.authorization().clone(), body).await {
                     Ok(response) => response,
                     Err(reason) => {
                         return Ok(Attempt::Retry {
@@ -386,7 +382,7 @@ impl Transport {
                     }
                     V1Outcome::Unauthorized(message) => {
                         // Maybe revoked early: make the next push fetch a fresh token.
-                        tokens.invalidate(&token).await;
+                        tokens.invalidate(token.value()).await;
                         Err(PushError::permanent(message))
                     }
                     V1Outcome::Permanent(message) => Err(PushError::permanent(message)),
@@ -510,14 +506,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn legacy_authorization(api_key: &str) -> Result<HeaderValue, String> {
     let mut value = HeaderValue::try_from(format!("key={api_key}"))
         .map_err(|_| "not usable in an HTTP header".to_owned())?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-/// The header value for a v1 access token, marked sensitive.
-fn bearer(token: &str) -> Result<HeaderValue, String> {
-    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| "the OAuth access token is not usable in an HTTP header".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
 }
