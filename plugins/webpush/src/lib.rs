@@ -12,6 +12,7 @@
 pub mod blake2s;
 pub mod crypto;
 pub mod payload;
+mod vapid;
 
 use crypto::{Subscription, VapidKey};
 use ring::rand::SystemRandom;
@@ -26,13 +27,12 @@ use sygnal_plugin_api::{
     Pushkin, PushkinContext,
 };
 use tokio::sync::Semaphore;
+use vapid::VapidSigner;
 
 /// Seconds a push service keeps an undelivered push (`ttl`), as Sygnal.
 pub const DEFAULT_TTL: u64 = 15 * 60;
 /// Requests in flight per app (`max_connections`), as Sygnal.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20;
-/// How long a VAPID token is valid (pywebpush's 12 hours; RFC 8292 allows up to 24).
-const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 60 * 60);
 
 const QUEUE_TIME: (&str, &str) = (
     "sygnal_webpush_queue_time",
@@ -80,8 +80,7 @@ fn default_timeout() -> f64 {
 
 /// The WebPush pushkin for one app.
 pub struct WebPush {
-    vapid: VapidKey,
-    contact: String,
+    vapid: VapidSigner,
     ttl: u64,
     guard: EndpointGuard,
     sender: Sender,
@@ -138,8 +137,7 @@ impl Pushkin for WebPush {
             "VAPID key loaded"
         );
         Ok(WebPush {
-            vapid,
-            contact: format!("mailto:{contact}"),
+            vapid: VapidSigner::new(vapid, format!("mailto:{contact}")),
             ttl,
             guard,
             sender: Sender::new(client, RetrySettings::from_context(&ctx)?),
@@ -251,13 +249,12 @@ impl WebPush {
         let body = crypto::encrypt(&target.subscription, &plaintext, &self.rng)
             .map_err(PushError::permanent)?;
         let audience = target.endpoint.origin().ascii_serialization();
-        let expires = SystemTime::now()
-            .checked_add(VAPID_VALIDITY)
-            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let authorization = self
             .vapid
-            .authorization(&audience, expires, &self.contact)
+            .authorization(&audience, now)
             .map_err(PushError::permanent)?;
         let urgency = payload::urgency(notification);
         let topic = payload::topic(notification, device);
