@@ -18,9 +18,11 @@ pub use reqwest;
 
 pub mod endpoint;
 mod send;
+mod slots;
 
 pub use endpoint::{Allowlist, EndpointGuard, Refusal};
 pub use send::{default_verdict, Answer, Sender, Verdict};
+pub use slots::{ConnectionSlots, MetricName};
 
 /// How an HTTP pushkin wants its client built.
 #[derive(Debug, Clone)]

@@ -7,12 +7,11 @@ use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome,
 use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use sygnal_plugin_api::http::describe_error;
 use sygnal_plugin_api::http::reqwest::{self, header, header::HeaderValue, Url};
+use sygnal_plugin_api::http::{describe_error, ConnectionSlots};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
 use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
-use tokio::sync::Semaphore;
 
 /// The legacy API takes at most this many registration ids in one request.
 pub const MAX_REGISTRATION_IDS: usize = 1000;
@@ -84,9 +83,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub struct Transport {
     client: reqwest::Client,
     auth: Auth,
-    slots: Semaphore,
-    /// How long a request may wait for one of the `max_connections` slots.
-    slot_wait: Duration,
+    slots: ConnectionSlots,
     retry: RetryPolicy,
     fan_out: FanOut,
     fcm_options: JsonObject,
@@ -130,16 +127,17 @@ pub struct TransportSettings {
 impl Transport {
     /// A transport for one app.
     pub fn new(settings: TransportSettings) -> Self {
-        // The pending gauge only moves when a request waits for a slot; it is exported from the
-        // start all the same (at 0), as Sygnal does and dashboards expect.
-        settings
-            .metrics
-            .gauge_add(PENDING.0, PENDING.1, &Labels::default(), 0.0);
         Transport {
             client: settings.client,
             auth: settings.auth,
-            slots: Semaphore::new(settings.max_connections),
-            slot_wait: settings.slot_wait,
+            slots: ConnectionSlots::new(
+                settings.max_connections,
+                settings.slot_wait,
+                "FCM",
+                settings.metrics,
+                PENDING,
+                QUEUE_TIME,
+            ),
             retry: settings.retry,
             fan_out: settings.fan_out,
             fcm_options: settings.fcm_options,
@@ -402,31 +400,7 @@ impl Transport {
         let body =
             serde_json::to_vec(body).map_err(|err| format!("cannot encode the request: {err}"))?;
 
-        let queued = Instant::now();
-        // A free slot is taken at once, without counting the request as pending (the gauge
-        // would go up and down again in the same instant: two metric updates for nothing).
-        let permit = match self.slots.try_acquire() {
-            Ok(permit) => Ok(Ok(permit)),
-            Err(_) => {
-                let _pending = self
-                    .metrics
-                    .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
-                // Bounded: with a hung upstream every slot stays taken until requests time
-                // out, and an unbounded queue would answer homeservers long after they gave up.
-                tokio::time::timeout(self.slot_wait, self.slots.acquire()).await
-            }
-        };
-        self.observe(QUEUE_TIME, queued.elapsed());
-        let _permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err("the connection limiter is closed".to_owned()),
-            Err(_) => {
-                return Err(format!(
-                    "no free FCM connection slot (max_connections) within {} s",
-                    self.slot_wait.as_secs_f64()
-                ))
-            }
-        };
+        let _permit = self.slots.acquire().await?;
 
         let started = Instant::now();
         let _active = self

@@ -17,16 +17,15 @@ mod vapid;
 use crypto::{Subscription, VapidKey};
 use ring::rand::SystemRandom;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sygnal_plugin_api::http::{
-    self, reqwest, Allowlist, ClientOptions, EndpointGuard, Refusal, RetrySettings, Sender, Verdict,
+    self, reqwest, Allowlist, ClientOptions, ConnectionSlots, EndpointGuard, Refusal,
+    RetrySettings, Sender, Verdict,
 };
 use sygnal_plugin_api::{
     export_pushkin, serde_json, tracing, Device, FanOut, Labels, Metrics, Notification, PushError,
     Pushkin, PushkinContext,
 };
-use tokio::sync::Semaphore;
 use vapid::VapidSigner;
 
 /// Seconds a push service keeps an undelivered push (`ttl`), as Sygnal.
@@ -84,9 +83,7 @@ pub struct WebPush {
     ttl: u64,
     guard: EndpointGuard,
     sender: Sender,
-    connections: Arc<Semaphore>,
-    /// How long a push may wait for one of the `max_connections` slots (`timeout`).
-    slot_wait: Duration,
+    slots: ConnectionSlots,
     fan_out: FanOut,
     rng: SystemRandom,
     metrics: Metrics,
@@ -141,8 +138,14 @@ impl Pushkin for WebPush {
             ttl,
             guard,
             sender: Sender::new(client, RetrySettings::from_context(&ctx)?),
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-            slot_wait: Duration::from_secs_f64(config.timeout),
+            slots: ConnectionSlots::new(
+                config.max_connections,
+                Duration::from_secs_f64(config.timeout),
+                "push service",
+                ctx.metrics(),
+                PENDING,
+                QUEUE_TIME,
+            ),
             fan_out: FanOut::from_context(&ctx)?,
             rng: SystemRandom::new(),
             metrics: ctx.metrics(),
@@ -259,31 +262,7 @@ impl WebPush {
         let urgency = payload::urgency(notification);
         let topic = payload::topic(notification, device);
 
-        let queued = std::time::Instant::now();
-        let permit = {
-            let _pending = self
-                .metrics
-                .gauge_guard(PENDING.0, PENDING.1, &self.no_labels);
-            // Bounded: with a hung push service every slot stays taken until its requests
-            // time out, and the pushes queued behind them must not wait longer than that.
-            tokio::time::timeout(self.slot_wait, self.connections.acquire()).await
-        };
-        let _permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(PushError::temporary("the pushkin is shutting down")),
-            Err(_) => {
-                return Err(PushError::temporary(format!(
-                    "no free push service connection slot (max_connections) within {} s",
-                    self.slot_wait.as_secs_f64()
-                )))
-            }
-        };
-        self.metrics.histogram_observe(
-            QUEUE_TIME.0,
-            QUEUE_TIME.1,
-            &self.no_labels,
-            queued.elapsed().as_secs_f64(),
-        );
+        let _permit = self.slots.acquire().await.map_err(PushError::temporary)?;
         let _active = self
             .metrics
             .gauge_guard(ACTIVE.0, ACTIVE.1, &self.no_labels);
