@@ -95,6 +95,7 @@ pub async fn run(
     }
     // Close every pushkin before the libraries' runtimes stop.
     state.apps.store(Arc::new(AppTable::default()));
+    crate::sentry::flush(crate::sentry::FLUSH_TIMEOUT).await;
     remove_pid_file(startup.pid_file.as_deref());
     tracing::info!("stopped");
     Ok(())

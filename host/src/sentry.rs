@@ -5,20 +5,24 @@
 //! Events are posted as Sentry envelopes through the same HTTP client the pushkins use (rustls
 //! with ring, the configured `proxy`, `SSL_CERT_FILE`), by one background task behind a bounded
 //! queue: reporting never delays a request, and a flood of failures drops events rather than
-//! memory. Why not the `sentry` crate: README, "Sentry".
+//! memory. At shutdown the queue is given [`FLUSH_TIMEOUT`] to drain, so the failures that
+//! preceded a stop are not lost with it. Why not the `sentry` crate: README, "Sentry".
 
 use serde_json::json;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sygnal_plugin_api::abi::PushErrorKind;
 use sygnal_plugin_api::http::{build_client, reqwest, ClientOptions};
 use sygnal_plugin_api::HostInfo;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Events waiting to be sent, at most; beyond that they are dropped.
 const QUEUE: usize = 100;
 /// Upper bound on one POST to Sentry.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for queued events to be sent (sentry-sdk's default shutdown timeout).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a refusal without Retry-After.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -83,6 +87,8 @@ pub enum Level {
 
 struct Reporter {
     queue: mpsc::Sender<String>,
+    /// Events queued or being sent.
+    unsent: Arc<Unsent>,
     dsn: String,
     server_name: String,
 }
@@ -102,8 +108,10 @@ pub fn start(dsn: &Dsn, host: &HostInfo) -> Result<(), String> {
         },
     )?;
     let (queue, receiver) = mpsc::channel(QUEUE);
+    let unsent = Arc::new(Unsent::default());
     let reporter = Reporter {
         queue,
+        unsent: Arc::clone(&unsent),
         dsn: dsn.raw.clone(),
         server_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_owned())
@@ -112,7 +120,7 @@ pub fn start(dsn: &Dsn, host: &HostInfo) -> Result<(), String> {
     if REPORTER.set(reporter).is_err() {
         return Err("Sentry reporting was started twice".to_owned());
     }
-    tokio::spawn(send_loop(client, dsn.clone(), receiver));
+    tokio::spawn(send_loop(client, dsn.clone(), receiver, unsent));
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let location = info
@@ -199,8 +207,54 @@ pub fn report(
     let header = json!({"event_id": event_id, "dsn": reporter.dsn}).to_string();
     let item = json!({"type": "event", "length": event.len()}).to_string();
     let envelope = format!("{header}\n{item}\n{event}\n");
+    reporter.unsent.count.fetch_add(1, Ordering::SeqCst);
     // Full queue: Sentry is slow or refusing; this event is dropped rather than waited for.
-    let _ = reporter.queue.try_send(envelope);
+    if reporter.queue.try_send(envelope).is_err() {
+        reporter.unsent.done();
+    }
+}
+
+/// Waits, at most `timeout`, until every queued event was sent (or given up on); says so when
+/// some were not.
+pub async fn flush(timeout: Duration) {
+    let Some(reporter) = REPORTER.get() else {
+        return;
+    };
+    let unsent = &reporter.unsent;
+    let drained = async {
+        loop {
+            let notified = unsent.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the count is read: a send finishing in between still wakes it.
+            notified.as_mut().enable();
+            if unsent.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
+        tracing::warn!(
+            unsent = unsent.count.load(Ordering::SeqCst),
+            "Sentry events not sent before exit"
+        );
+    }
+}
+
+/// The events not yet sent, and a wake-up for whoever waits for none.
+#[derive(Default)]
+struct Unsent {
+    count: AtomicUsize,
+    drained: Notify,
+}
+
+impl Unsent {
+    /// One event sent, dropped or refused.
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 fn event_id() -> String {
@@ -210,11 +264,17 @@ fn event_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn send_loop(client: reqwest::Client, dsn: Dsn, mut queue: mpsc::Receiver<String>) {
+async fn send_loop(
+    client: reqwest::Client,
+    dsn: Dsn,
+    mut queue: mpsc::Receiver<String>,
+    unsent: Arc<Unsent>,
+) {
     let mut paused_until: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
     while let Some(envelope) = queue.recv().await {
         if paused_until.is_some_and(|until| Instant::now() < until) {
+            unsent.done();
             continue; // Sentry asked for a pause: drop rather than queue.
         }
         let sent = client
@@ -235,6 +295,7 @@ async fn send_loop(client: reqwest::Client, dsn: Dsn, mut queue: mpsc::Receiver<
             Ok(response) => Some(format!("answered {}", response.status())),
             Err(err) => Some(sygnal_plugin_api::http::describe_error(err)),
         };
+        unsent.done();
         if let Some(problem) = problem {
             if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                 last_warning = Some(Instant::now());

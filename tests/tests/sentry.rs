@@ -158,3 +158,45 @@ async fn sentry_config_errors_name_the_key() {
         Gateway::builder_with_config(&config("  sentry:\n    enabled: false\n")).run(&["check"]);
     assert!(output.status.success(), "{output:?}");
 }
+
+#[tokio::test]
+async fn events_queued_at_shutdown_are_sent_before_exit() {
+    // The first envelope is answered after 2 s: the second event waits in the queue behind it
+    // while the gateway is told to stop (draining alone takes about a second here).
+    let received: Received = Arc::default();
+    let slow_first = {
+        let received = Arc::clone(&received);
+        move |headers: HeaderMap, body: Bytes| {
+            let received = Arc::clone(&received);
+            async move {
+                let answer = envelope(State(Arc::clone(&received)), headers, body).await;
+                if received.lock().unwrap().len() == 1 {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                answer
+            }
+        }
+    };
+    let fake = serve_http(Router::new().route("/api/42/envelope/", post(slow_first))).await;
+    let dsn = format!("http://publickey@127.0.0.1:{}/42", fake.addr.port());
+    let mut gw = Gateway::builder_with_config(&config(&format!(
+        "  sentry:\n    enabled: true\n    dsn: '{dsn}'\n"
+    )))
+    .start()
+    .await;
+    assert_eq!(gw.notify(body("panic:first")).await.0, 500);
+    wait_for_events(&received, 1).await;
+    assert_eq!(gw.notify(body("permanent:second")).await.0, 502);
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway exits");
+    assert!(status.success(), "{status}");
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 2, "{events:?}\n{}", gw.logs());
+    assert_eq!(
+        events[1].event["exception"]["values"][0]["type"],
+        "PermanentDispatchFailure"
+    );
+}
