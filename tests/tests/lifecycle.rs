@@ -560,9 +560,11 @@ async fn code_only_startup_ran_is_released_once_serving_and_after_a_reload() {
     );
     let (resident, size) = snapshot_code_kib(gw.pid());
     assert!(size > 0, "no plugin snapshot mapped");
-    // Loading and constructing ran a good part of the library; idle, little of it is mapped.
+    // Loading and constructing map all of this debug build's plugin code (measured: 1,660 of
+    // 1,660 KiB without the release); idle, part of it is mapped again by the plugin's own
+    // threads (up to half of it on a loaded machine), never all.
     assert!(
-        resident * 4 < size,
+        resident * 10 < size * 9,
         "{resident} KiB of {size} KiB of plugin code still resident"
     );
     // What runs again maps its code back.
