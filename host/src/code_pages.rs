@@ -4,26 +4,27 @@
 //! client and resolver setup, config parsing, the ABI's layout checks. On a kernel that maps
 //! whole page-cache folios at a fault, each library then keeps 2-3 MiB of its code mapped,
 //! most of it cold, and counted in the process's resident memory. Once the gateway serves (and
-//! after each reload), the machine code mappings are dropped from the page tables: the pages
-//! stay in the page cache, and the code that runs again maps its pages back at the next
-//! call, with a minor fault.
+//! after each reload), its read-only file mappings (code, and the constants beside it) are
+//! dropped from the page tables: the pages stay in the page cache, and the code that runs
+//! again maps its pages back at the next call, with a minor fault.
 //!
-//! Only executable file mappings holding nothing but the file's pages are touched: dropping
-//! them loses nothing. A mapping with private (copied-on-write) pages, which a debugger's
-//! breakpoints or text relocations would make, is left as it is.
+//! Only read-only file mappings holding nothing but the file's pages are touched: dropping
+//! them loses nothing, and nothing can write to them meanwhile. A mapping with private
+//! (copied-on-write) pages, as relocated constants or a debugger's breakpoints have, is left as
+//! it is.
 
 use std::io::{BufRead, BufReader};
 
 /// What [`release`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Released {
-    /// Executable mappings dropped from the page tables.
+    /// Read-only file mappings dropped from the page tables.
     pub mappings: usize,
     /// Their resident size before, in KiB.
     pub resident_kib: u64,
 }
 
-/// Drops every executable file mapping of this process that holds only the file's pages from
+/// Drops every read-only file mapping of this process that holds only the file's pages from
 /// its page tables.
 pub fn release() -> std::io::Result<Released> {
     let smaps = std::fs::File::open("/proc/self/smaps")?;
@@ -51,7 +52,7 @@ struct Mapping {
     start: usize,
     end: usize,
     /// Read-only (code, or the constants beside it), private, backed by a file.
-    file_code: bool,
+    read_only_file: bool,
     resident_kib: u64,
     private_kib: u64,
 }
@@ -69,7 +70,8 @@ impl Mapping {
             start,
             end,
             // Read-only: nothing can write a page between the check and the release.
-            file_code: matches!(perms, "r-xp" | "r--p") && path.is_some_and(|p| p.starts_with('/')),
+            read_only_file: matches!(perms, "r-xp" | "r--p")
+                && path.is_some_and(|p| p.starts_with('/')),
             resident_kib: 0,
             private_kib: 0,
         })
@@ -97,7 +99,7 @@ impl Mapping {
     }
 
     fn release_into(self, released: &mut Released) {
-        if !self.file_code || self.private_kib != 0 || self.resident_kib == 0 {
+        if !self.read_only_file || self.private_kib != 0 || self.resident_kib == 0 {
             return;
         }
         // SAFETY: the range is a whole mapping of this process, read from smaps just now, and
@@ -128,7 +130,7 @@ mod tests {
             "7f5030d69000-7f5031119000 r-xp 00169000 fe:00 123 /tmp/sygnal-plugins-0/1/ab.so",
         )
         .expect("header");
-        assert!(code.file_code);
+        assert!(code.read_only_file);
         assert_eq!(code.end - code.start, 0x3b0000);
         code.add_field("Rss:                2276 kB");
         code.add_field("Private_Dirty:      2276 kB");
@@ -139,16 +141,16 @@ mod tests {
         let constants =
             Mapping::parse_header("7f50311-7f50312 r--p 00000000 fe:00 123 /usr/lib/x.so")
                 .expect("header");
-        assert!(constants.file_code);
+        assert!(constants.read_only_file);
         let data = Mapping::parse_header("7f50311-7f50312 rw-p 00000000 fe:00 123 /usr/lib/x.so")
             .expect("header");
-        assert!(!data.file_code);
+        assert!(!data.read_only_file);
         let vdso = Mapping::parse_header("7ffd1000-7ffd3000 r-xp 00000000 00:00 0 [vdso]")
             .expect("header");
-        assert!(!vdso.file_code);
+        assert!(!vdso.read_only_file);
         let anonymous =
             Mapping::parse_header("7ffd1000-7ffd3000 r-xp 00000000 00:00 0").expect("header");
-        assert!(!anonymous.file_code);
+        assert!(!anonymous.read_only_file);
         assert_eq!(Mapping::parse_header("Rss:  4 kB"), None);
     }
 

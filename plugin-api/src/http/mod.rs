@@ -4,8 +4,10 @@
 //! OpenSSL, no C build), the public roots plus whatever the host adds (`SSL_CERT_FILE`), the
 //! host's CONNECT proxy, optional client certificates, no redirects, and bounded waits.
 //! [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
-//! `Retry-After`); [`Sender`] sends one request with it and classifies the answer; [`endpoint`]
-//! guards client-given endpoints (UnifiedPush, WebPush) against reaching private networks.
+//! `Retry-After`); [`Sender`] sends one request with it and classifies the answer;
+//! [`ConnectionSlots`] bounds an app's requests in flight (`max_connections`) and how long one
+//! waits for a slot; [`endpoint`] guards client-given endpoints (UnifiedPush, WebPush) against
+//! reaching private networks.
 
 use crate::{HostInfo, PushError};
 use rustls_pki_types::pem::PemObject;

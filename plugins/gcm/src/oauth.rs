@@ -182,10 +182,18 @@ pub struct TokenError {
 }
 
 /// An access token, and the `Authorization` header that carries it (marked sensitive).
-#[derive(Debug)]
 pub struct AccessToken {
     value: Box<str>,
     authorization: HeaderValue,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret: its length only.
+        f.debug_struct("AccessToken")
+            .field("len", &self.value.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AccessToken {

@@ -80,6 +80,7 @@ async fn concurrent_callers_share_one_fetch_and_the_token_is_cached() {
     assert_eq!(token.authorization(), "Bearer token-1");
     assert!(token.authorization().is_sensitive());
     assert!(Arc::ptr_eq(&token, &tokens.token().await.unwrap()));
+    assert!(!format!("{token:?}").contains("token-1"));
 
     let body = fake.bodies.lock().unwrap()[0].clone();
     let (grant, assertion) = body.split_once('&').unwrap();
