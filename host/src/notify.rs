@@ -14,6 +14,8 @@ use sygnal_plugin_api::validate;
 pub struct ParsedNotify<'a> {
     /// The `notification` object, exactly as received.
     pub notification: &'a RawValue,
+    /// Its `event_id`, if any.
+    pub event_id: Option<std::borrow::Cow<'a, str>>,
     /// The devices, in order.
     pub devices: Vec<DeviceRef<'a>>,
 }
@@ -58,6 +60,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
         .map_err(|invalid| BadRequest::BadJson(invalid.to_string()))?;
     Ok(ParsedNotify {
         notification,
+        event_id: checked.event_id,
         devices: checked.devices,
     })
 }
@@ -98,6 +101,23 @@ mod tests {
             parsed.devices[0].raw.get(),
             r#"{"app_id":"a\u0062","pushkey":"k","x":[1]}"#
         );
+    }
+
+    #[test]
+    fn returns_the_event_id_for_duplicate_suppression() {
+        let device = r#"[{"app_id":"a","pushkey":"k"}]"#;
+        for (event_id, expected) in [
+            (r#""$e""#, Some("$e")),
+            (r#""$\u0065""#, Some("$e")),
+            ("null", None),
+        ] {
+            let body =
+                format!(r#"{{"notification":{{"event_id":{event_id},"devices":{device}}}}}"#);
+            let parsed = parse(body.as_bytes()).unwrap();
+            assert_eq!(parsed.event_id.as_deref(), expected, "{event_id}");
+        }
+        let body = format!(r#"{{"notification":{{"devices":{device}}}}}"#);
+        assert_eq!(parse(body.as_bytes()).unwrap().event_id, None);
     }
 
     #[test]

@@ -49,6 +49,8 @@ impl std::error::Error for Invalid {}
 /// A checked notification: what routing needs, borrowed from the checked text.
 #[derive(Debug)]
 pub struct Checked<'a> {
+    /// The `event_id`, when the notification has one (`null` is none).
+    pub event_id: Option<Cow<'a, str>>,
     /// The devices, in order.
     pub devices: Vec<CheckedDevice<'a>>,
 }
@@ -101,7 +103,10 @@ pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Checked { devices })
+    Ok(Checked {
+        event_id: check.event_id,
+        devices,
+    })
 }
 
 /// `json` as `T`; on failure, the error with the path to the offending value. Tracking the path
@@ -247,7 +252,8 @@ struct NotificationCheck<'a> {
     #[serde(borrow, default)]
     devices: Option<Vec<&'a RawValue>>,
     id: Option<AnyString>,
-    event_id: Option<AnyString>,
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
     room_id: Option<AnyString>,
     #[serde(rename = "type")]
     event_type: Option<AnyString>,

@@ -257,6 +257,7 @@ impl Dedup {
         }
         let subset = ParsedNotify {
             notification: parsed.notification,
+            event_id: Some(event_id),
             devices,
         };
         let result = dispatch(table, request_id, &subset, deadline).await;
@@ -437,15 +438,7 @@ fn instance_id() -> u64 {
 
 /// The notification's event_id, when it has a non-empty one.
 fn event_id<'a>(parsed: &ParsedNotify<'a>) -> Option<Cow<'a, str>> {
-    #[derive(serde::Deserialize)]
-    struct EventId<'a> {
-        #[serde(borrow, default)]
-        event_id: Option<Cow<'a, str>>,
-    }
-    serde_json::from_str::<EventId<'a>>(parsed.notification.get())
-        .ok()?
-        .event_id
-        .filter(|id| !id.is_empty())
+    parsed.event_id.clone().filter(|id| !id.is_empty())
 }
 
 fn key(event_id: &str, app_id: &str, pushkey: &str) -> Key {
