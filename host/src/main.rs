@@ -37,6 +37,7 @@ mod server;
 mod snapshot;
 mod sys;
 mod systemd;
+mod throttle;
 mod upgrade;
 mod yaml;
 

@@ -8,6 +8,7 @@
 //! memory. At shutdown the queue is given [`FLUSH_TIMEOUT`] to drain, so the failures that
 //! preceded a stop are not lost with it. Why not the `sentry` crate: README, "Sentry".
 
+use crate::throttle::Throttle;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -271,7 +272,7 @@ async fn send_loop(
     unsent: Arc<Unsent>,
 ) {
     let mut paused_until: Option<Instant> = None;
-    let mut last_warning: Option<Instant> = None;
+    let mut warnings = Throttle::every(Duration::from_secs(60));
     while let Some(envelope) = queue.recv().await {
         if paused_until.is_some_and(|until| Instant::now() < until) {
             unsent.done();
@@ -297,9 +298,8 @@ async fn send_loop(
         };
         unsent.done();
         if let Some(problem) = problem {
-            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                last_warning = Some(Instant::now());
-                tracing::warn!(%problem, "cannot report to Sentry; events are dropped meanwhile");
+            if let Some(held_back) = warnings.admit() {
+                tracing::warn!(%problem, failures_not_logged = held_back, "cannot report to Sentry; events are dropped meanwhile");
             }
         }
     }

@@ -33,13 +33,14 @@ mod connection;
 use crate::access_log::AccessLog;
 use crate::config::HttpConfig;
 use crate::metrics::{label, registry, Kind, Series};
+use crate::throttle::Throttle;
 use axum::Router;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
@@ -254,13 +255,15 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\r\n{\"errcode\":\"M_UNKNOWN\",\"error\":\"too many open connections\"}";
 
 /// Accept errors back off from this delay, doubling up to a second.
+/// How often a repeating accept failure or connection refusal is logged.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut stopping = shared.stopping.subscribe();
-    let mut refusals = Throttle::default();
-    let mut failures = Throttle::default();
+    let mut refusals = Throttle::every(WARN_EVERY);
+    let mut failures = Throttle::every(WARN_EVERY);
     let mut backoff = FIRST_BACKOFF;
     loop {
         let accepted = tokio::select! {
@@ -324,41 +327,9 @@ fn refuse(stream: TcpStream, shared: &Shared, refusals: &mut Throttle) {
     }
 }
 
-/// Lets a message through at most every ten seconds, counting the ones held back.
-#[derive(Default)]
-struct Throttle {
-    next: Option<Instant>,
-    held_back: u64,
-}
-
-impl Throttle {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    /// `Some(messages held back since the last one)` when this one may be logged.
-    fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.next.is_some_and(|next| now < next) {
-            self.held_back += 1;
-            return None;
-        }
-        self.next = Some(now + Self::INTERVAL);
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_counts_what_it_holds_back() {
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.admit(), Some(0));
-        assert_eq!(throttle.admit(), None);
-        assert_eq!(throttle.admit(), None);
-        throttle.next = Some(Instant::now());
-        assert_eq!(throttle.admit(), Some(2));
-    }
 
     #[test]
     fn refusal_is_a_complete_response() {

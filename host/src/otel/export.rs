@@ -12,8 +12,9 @@
 use super::{proto, Attr, FinishedSpan};
 use crate::config::OpenTelemetryConfig;
 use crate::metrics::{label, registry, Kind, Series};
+use crate::throttle::Throttle;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use sygnal_plugin_api::http::{build_client, describe_error, reqwest, ClientOptions};
 use sygnal_plugin_api::HostInfo;
 use tokio::sync::{mpsc, oneshot};
@@ -110,7 +111,7 @@ impl Exporter {
                 ),
                 dropped_failed: counter(DROPPED, DROPPED_HELP, &label("reason", "export_failed")),
             },
-            last_warning: None,
+            warnings: Throttle::every(Duration::from_secs(60)),
         };
         tokio::spawn(sender.run(receiver));
         Ok(Exporter {
@@ -144,7 +145,7 @@ struct Sender {
     headers: reqwest::header::HeaderMap,
     resource: Vec<(&'static str, Attr)>,
     counters: Counters,
-    last_warning: Option<Instant>,
+    warnings: Throttle,
 }
 
 impl Sender {
@@ -195,12 +196,8 @@ impl Sender {
             Err(err) => describe_error(err),
         };
         self.counters.dropped_failed.add(batch.len() as f64);
-        if self
-            .last_warning
-            .is_none_or(|at| at.elapsed() > Duration::from_secs(60))
-        {
-            self.last_warning = Some(Instant::now());
-            tracing::warn!(%problem, spans = batch.len(), "cannot export traces; these spans are dropped");
+        if let Some(held_back) = self.warnings.admit() {
+            tracing::warn!(%problem, spans = batch.len(), failures_not_logged = held_back, "cannot export traces; these spans are dropped");
         }
     }
 }
