@@ -76,6 +76,7 @@
 pub mod abi;
 mod fan_out;
 mod host_info;
+pub mod jwt;
 pub mod lenient;
 mod logging;
 mod metrics;

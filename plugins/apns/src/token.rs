@@ -4,14 +4,13 @@
 //! often than every 20 minutes (`TooManyProviderTokenUpdates`), so one token is shared by every
 //! request and replaced once it is [`REFRESH_AFTER_SECS`] old: never minted per request.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+use sygnal_plugin_api::jwt;
 
 /// A token is replaced once this old (Apple: at least 20, at most 60 minutes).
 pub const REFRESH_AFTER_SECS: u64 = 50 * 60;
@@ -126,25 +125,19 @@ impl ProviderToken {
     fn mint(&self, iat: u64) -> Result<String, String> {
         let header = serde_json::json!({"alg": "ES256", "kid": self.key_id});
         let claims = serde_json::json!({"iss": self.team_id, "iat": iat});
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|_| "signing the provider token failed".to_owned())?;
-        Ok(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.as_ref())
-        ))
+        jwt::sign_compact(&header, &claims, |input| {
+            self.key
+                .sign(&self.rng, input)
+                .map_err(|_| "signing the provider token failed".to_owned())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use ring::signature::{KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
     use serde_json::Value;
 

@@ -9,7 +9,7 @@
 //! before they expire; concurrent pushes wait for a single fetch instead of each starting their
 //! own. A push while the token is fresh takes neither the fetch lock nor builds a header.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sygnal_plugin_api::http::reqwest::header::HeaderValue;
 use sygnal_plugin_api::http::{describe_error, read_body_limited, reqwest};
+use sygnal_plugin_api::jwt;
 use tokio::sync::Mutex;
 
 /// The scope FCM v1 requires.
@@ -128,24 +129,18 @@ impl ServiceAccount {
             "iat": now,
             "exp": now + ASSERTION_LIFETIME_SECS,
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                signing_input.as_bytes(),
-                &mut signature,
-            )
-            .map_err(|_| "signing the token request failed".to_owned())?;
-        Ok(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        ))
+        jwt::sign_compact(&header, &claims, |input| {
+            let mut signature = vec![0; self.key.public().modulus_len()];
+            self.key
+                .sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    input,
+                    &mut signature,
+                )
+                .map_err(|_| "signing the token request failed".to_owned())?;
+            Ok(signature)
+        })
     }
 }
 
@@ -396,6 +391,7 @@ mod token_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 
     const TEST_KEY: &str = include_str!("../../../tests/data/gcm-test-only-rsa-key.pem");

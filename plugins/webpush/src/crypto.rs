@@ -9,6 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
+use sygnal_plugin_api::jwt;
 
 /// The record size announced in the header: one record holds the whole message.
 const RECORD_SIZE: u32 = 4096;
@@ -173,17 +174,13 @@ impl VapidKey {
         expires_at: u64,
         contact: &str,
     ) -> Result<String, String> {
-        let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ES256"}"#);
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256"});
         let claims = serde_json::json!({"aud": audience, "exp": expires_at, "sub": contact});
-        let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signature = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|_| "signing the VAPID token failed".to_owned())?;
-        let token = format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.as_ref())
-        );
+        let token = jwt::sign_compact(&header, &claims, |input| {
+            self.key
+                .sign(&self.rng, input)
+                .map_err(|_| "signing the VAPID token failed".to_owned())
+        })?;
         Ok(format!("vapid t={token},k={}", self.public))
     }
 }
