@@ -66,6 +66,8 @@
 //! - [`http`] (feature `http`): the outbound HTTP client, the send-classify-retry helper and the
 //!   guard for client-given endpoints, shared by HTTP pushkins.
 //! - [`lenient`]: reading config values as PyYAML (YAML 1.1) would have (`yes`, `"5000"`).
+//! - [`jwt`]: compact JSON Web Tokens (APNs provider tokens, OAuth assertions, VAPID), signed
+//!   with the caller's key.
 //! - [`validate`]: what a valid notification is (the host refuses the rest; the SDK parses it).
 //! - [`trace`]: the OpenTelemetry trace context across the plugin boundary (upstream tries
 //!   become spans of the host's trace).
