@@ -24,7 +24,7 @@ mod slots;
 
 pub use endpoint::{Allowlist, EndpointGuard, Refusal};
 pub use send::{default_verdict, Answer, Sender, Verdict};
-pub use slots::{ConnectionSlots, MetricName};
+pub use slots::{ConnectionSlots, MetricName, Slot, SlotMetrics};
 
 /// How an HTTP pushkin wants its client built.
 #[derive(Debug, Clone)]

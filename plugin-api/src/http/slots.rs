@@ -1,77 +1,95 @@
 //! `max_connections`: how many requests of one app may be in flight, with Sygnal's metrics.
 
-use crate::{Labels, Metrics};
+use crate::{GaugeGuard, Labels, Metrics};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// A metric's name and help text.
 pub type MetricName = (&'static str, &'static str);
 
+/// The metrics Sygnal's pushkins keep about their connection slots, all without labels.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotMetrics {
+    /// Gauge: requests waiting for a slot.
+    pub pending: MetricName,
+    /// Gauge: requests holding a slot (in flight).
+    pub active: MetricName,
+    /// Histogram: time spent waiting for a slot.
+    pub queue_time: MetricName,
+}
+
 /// The requests one app may have in flight (its `max_connections`), each waiting for a free
 /// slot at most a bounded time.
 ///
-/// Reports what Sygnal's pushkins do: a gauge of requests waiting for a slot (exported from the
-/// start, at 0, as dashboards expect) and a histogram of the time spent waiting.
+/// Reports what Sygnal's pushkins do: gauges of the requests waiting for a slot (exported from
+/// the start, at 0, as dashboards expect) and holding one, and a histogram of the time spent
+/// waiting.
 pub struct ConnectionSlots {
     slots: Semaphore,
     wait: Duration,
     /// What the error names when no slot came free: "FCM", "push service"...
     upstream: &'static str,
     metrics: Metrics,
-    pending: MetricName,
-    queue_time: MetricName,
+    names: SlotMetrics,
     labels: Labels,
 }
 
+/// A slot: the request holding it counts as active until it is dropped.
+#[must_use = "the slot is given back when dropped"]
+pub struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+    _active: GaugeGuard<'a>,
+}
+
 impl ConnectionSlots {
-    /// `max` slots; a request waits at most `wait` for one. `pending` is the gauge of waiting
-    /// requests, `queue_time` the histogram of waits, both without labels.
+    /// `max` slots; a request waits at most `wait` for one. `names` are the metrics kept.
     pub fn new(
         max: usize,
         wait: Duration,
         upstream: &'static str,
         metrics: Metrics,
-        pending: MetricName,
-        queue_time: MetricName,
+        names: SlotMetrics,
     ) -> Self {
         let labels = Labels::default();
-        metrics.gauge_add(pending.0, pending.1, &labels, 0.0);
+        metrics.gauge_add(names.pending.0, names.pending.1, &labels, 0.0);
         ConnectionSlots {
             slots: Semaphore::new(max),
             wait,
             upstream,
             metrics,
-            pending,
-            queue_time,
+            names,
             labels,
         }
     }
 
-    /// A slot, held until the permit is dropped; an error (worth retrying later) when none came
-    /// free within the wait.
-    pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, String> {
+    /// A slot, held until it is dropped; an error (worth retrying later) when none came free
+    /// within the wait.
+    pub async fn acquire(&self) -> Result<Slot<'_>, String> {
         let queued = Instant::now();
         // A free slot is taken at once, without counting the request as pending (the gauge
         // would go up and down again in the same instant: two metric updates for nothing).
         let permit = match self.slots.try_acquire() {
             Ok(permit) => Ok(Ok(permit)),
             Err(_) => {
-                let _pending =
-                    self.metrics
-                        .gauge_guard(self.pending.0, self.pending.1, &self.labels);
+                let (name, help) = self.names.pending;
+                let _pending = self.metrics.gauge_guard(name, help, &self.labels);
                 // Bounded: with a hung upstream every slot stays taken until its requests time
                 // out, and an unbounded queue would answer homeservers long after they gave up.
                 tokio::time::timeout(self.wait, self.slots.acquire()).await
             }
         };
-        self.metrics.histogram_observe(
-            self.queue_time.0,
-            self.queue_time.1,
-            &self.labels,
-            queued.elapsed().as_secs_f64(),
-        );
+        let (name, help) = self.names.queue_time;
+        let waited = queued.elapsed().as_secs_f64();
+        self.metrics
+            .histogram_observe(name, help, &self.labels, waited);
         match permit {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                let (name, help) = self.names.active;
+                Ok(Slot {
+                    _permit: permit,
+                    _active: self.metrics.gauge_guard(name, help, &self.labels),
+                })
+            }
             Ok(Err(_)) => Err("the connection limiter is closed".to_owned()),
             Err(_) => Err(format!(
                 "no free {} connection slot (max_connections) within {} s",
@@ -104,12 +122,17 @@ mod tests {
             Duration::from_millis(200),
             "FCM",
             Metrics::new(record),
-            ("pending", "waiting"),
-            ("queue_time", "waited"),
+            SlotMetrics {
+                pending: ("pending", "waiting"),
+                active: ("active", "in flight"),
+                queue_time: ("queue_time", "waited"),
+            },
         );
         let held = slots.acquire().await.expect("a free slot");
         let started = Instant::now();
-        let err = slots.acquire().await.expect_err("no slot while held");
+        let Err(err) = slots.acquire().await else {
+            panic!("a slot while the only one is held");
+        };
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(
             err,
@@ -127,5 +150,12 @@ mod tests {
         assert_eq!(pending, [0.0, 1.0, -1.0]);
         let waits = seen.iter().filter(|(_, name, _)| name == "queue_time");
         assert_eq!(waits.count(), 3);
+        // Each slot held counted as active while held: two slots taken, two given back.
+        let active: Vec<f64> = seen
+            .iter()
+            .filter(|(_, name, _)| name == "active")
+            .map(|(_, _, value)| *value)
+            .collect();
+        assert_eq!(active, [1.0, -1.0, 1.0, -1.0]);
     }
 }

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use sygnal_plugin_api::http::reqwest::{self, header, header::HeaderValue, Url};
-use sygnal_plugin_api::http::{describe_error, ConnectionSlots};
+use sygnal_plugin_api::http::{describe_error, ConnectionSlots, SlotMetrics};
 use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::tracing::{info, warn};
 use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
@@ -135,8 +135,11 @@ impl Transport {
                 settings.slot_wait,
                 "FCM",
                 settings.metrics,
-                PENDING,
-                QUEUE_TIME,
+                SlotMetrics {
+                    pending: PENDING,
+                    active: ACTIVE,
+                    queue_time: QUEUE_TIME,
+                },
             ),
             retry: settings.retry,
             fan_out: settings.fan_out,
@@ -400,12 +403,10 @@ impl Transport {
         let body =
             serde_json::to_vec(body).map_err(|err| format!("cannot encode the request: {err}"))?;
 
-        let _permit = self.slots.acquire().await?;
+        // Held (and counted as active) until the answer is read.
+        let _slot = self.slots.acquire().await?;
 
         let started = Instant::now();
-        let _active = self
-            .metrics
-            .gauge_guard(ACTIVE.0, ACTIVE.1, &self.no_labels);
         let mut request = self
             .client
             .post(url.clone())
@@ -430,7 +431,12 @@ impl Transport {
             })
         }
         .await;
-        self.observe(REQUEST_TIME, started.elapsed());
+        self.metrics.histogram_observe(
+            REQUEST_TIME.0,
+            REQUEST_TIME.1,
+            &self.no_labels,
+            started.elapsed().as_secs_f64(),
+        );
         if let Ok(response) = &result {
             let other;
             let labels = if response.status == 200 {
@@ -457,15 +463,6 @@ impl Transport {
         );
         let labels = self.pushkin_labels.with("reason", "payload_too_large");
         self.metrics.counter_add(DROPPED.0, DROPPED.1, &labels, 1.0);
-    }
-
-    fn observe(&self, histogram: (&str, &str), elapsed: Duration) {
-        self.metrics.histogram_observe(
-            histogram.0,
-            histogram.1,
-            &self.no_labels,
-            elapsed.as_secs_f64(),
-        );
     }
 }
 

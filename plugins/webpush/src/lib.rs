@@ -20,7 +20,7 @@ use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sygnal_plugin_api::http::{
     self, reqwest, Allowlist, ClientOptions, ConnectionSlots, EndpointGuard, Refusal,
-    RetrySettings, Sender, Verdict,
+    RetrySettings, Sender, SlotMetrics, Verdict,
 };
 use sygnal_plugin_api::{
     export_pushkin, serde_json, tracing, Device, FanOut, Labels, Metrics, Notification, PushError,
@@ -143,8 +143,11 @@ impl Pushkin for WebPush {
                 Duration::from_secs_f64(config.timeout),
                 "push service",
                 ctx.metrics(),
-                PENDING,
-                QUEUE_TIME,
+                SlotMetrics {
+                    pending: PENDING,
+                    active: ACTIVE,
+                    queue_time: QUEUE_TIME,
+                },
             ),
             fan_out: FanOut::from_context(&ctx)?,
             rng: SystemRandom::new(),
@@ -262,10 +265,7 @@ impl WebPush {
         let urgency = payload::urgency(notification);
         let topic = payload::topic(notification, device);
 
-        let _permit = self.slots.acquire().await.map_err(PushError::temporary)?;
-        let _active = self
-            .metrics
-            .gauge_guard(ACTIVE.0, ACTIVE.1, &self.no_labels);
+        let _slot = self.slots.acquire().await.map_err(PushError::temporary)?;
         let upstream = format!("push service {}", target.host);
         let (verdict, answer) = self
             .sender
