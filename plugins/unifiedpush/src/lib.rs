@@ -237,9 +237,7 @@ impl UnifiedPush {
             _ => Ok(false),
         }
     }
-}
 
-impl UnifiedPush {
     /// Counts `devices` pushes dropped for `reason` (answered 200: a retry would not help).
     fn count_drop(&self, reason: &str, devices: usize) {
         let labels = self.pushkin_labels.with("reason", reason);
