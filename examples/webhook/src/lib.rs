@@ -43,7 +43,7 @@ impl Pushkin for Webhook {
     }
 
     async fn dispatch(&self, notification: &Notification) -> Result<Vec<String>, PushError> {
-        let base = Notification { devices: Vec::new(), ..notification.clone() }; // cloned per device
+        let base = Notification { devices: Vec::new(), ..notification.clone() }; // deliver adds one
         self.fan_out.run(&notification.devices, |d| self.deliver(&base, d)).await
     }
 }
