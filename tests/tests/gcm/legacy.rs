@@ -3,6 +3,7 @@
 use super::fake_fcm::Reply;
 use super::*;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -306,4 +307,35 @@ async fn legacy_badge_only_update_with_zero_unread_clears_the_badge() {
         requests[0].body,
         json!({"to": a, "priority": "high", "data": {"sender": "", "prio": "high", "unread": 0}})
     );
+}
+
+/// With the default `max_connections` (64), a burst holds at most 64 requests in flight, and
+/// the pool keeps the connections it opened for the next burst.
+#[tokio::test]
+async fn legacy_default_max_connections_bounds_requests_and_keeps_connections() {
+    let up = Upstream::http().await;
+    up.fake.delay_ms.store(200, Ordering::SeqCst);
+    let gateway = Gateway::builder(&up.legacy_app("")).start().await;
+    let burst = |wave: &'static str| {
+        let gateway = &gateway;
+        futures_util::future::join_all((0..160).map(move |n| async move {
+            let pushkey = key(&format!("{wave}{n}"));
+            let (status, answer) = gateway.notify(notification(&[&pushkey])).await;
+            assert_eq!((status, rejected(&answer)), (200, vec![]), "{answer}");
+        }))
+    };
+    burst("a").await;
+    assert_eq!(up.fake.max_in_flight.load(Ordering::SeqCst), 64);
+    let opened = up.server.connections();
+    assert!(
+        opened >= 64,
+        "{opened} connections for 64 requests in flight"
+    );
+    burst("b").await;
+    let reopened = up.server.connections() - opened;
+    assert!(
+        reopened <= 4,
+        "the second burst opened {reopened} more connections (the first opened {opened})"
+    );
+    assert_eq!(up.fake.max_in_flight.load(Ordering::SeqCst), 64);
 }

@@ -313,7 +313,7 @@ async fn v1_max_concurrent_devices_bounds_one_notifications_fan_out() {
     assert_eq!(
         up.fake.max_in_flight.load(Ordering::SeqCst),
         2,
-        "max_connections is 512: the device bound is what holds"
+        "max_connections is 64: the device bound is what holds"
     );
 }
 
