@@ -14,7 +14,7 @@ pub mod transport;
 
 use config::{Api, GcmConfig};
 use std::time::Duration;
-use sygnal_plugin_api::http::{build_client, ClientOptions};
+use sygnal_plugin_api::http::{build_client, ClientOptions, DirectClient};
 use sygnal_plugin_api::{FanOut, Notification, PushError, Pushkin, PushkinContext};
 use transport::{Auth, Transport, TransportSettings};
 
@@ -39,8 +39,10 @@ impl Pushkin for GcmPushkin {
             request_timeout,
             ..ClientOptions::default()
         };
-        let client = build_client(ctx.host(), &options)
-            .map_err(|err| format!("apps.{}: {err}", ctx.app_id()))?;
+        let client_error = |err: String| format!("apps.{}: {err}", ctx.app_id());
+        // FCM requests go through hyper's client alone (one per notification: see
+        // `DirectClient`); the rare token fetch keeps reqwest's conveniences.
+        let client = DirectClient::new(ctx.host(), &options).map_err(client_error)?;
         let auth = match config.api {
             Api::Legacy { api_key } => Auth::Legacy {
                 header: transport::legacy_authorization(&api_key)
@@ -52,8 +54,11 @@ impl Pushkin for GcmPushkin {
                 project_id,
                 service_account,
             } => Auth::V1 {
-                // The token fetch shares the client: same proxy, same trust roots.
-                tokens: oauth::TokenSource::new(service_account, client.clone()),
+                // The token fetch gets the same proxy and trust roots.
+                tokens: oauth::TokenSource::new(
+                    service_account,
+                    build_client(ctx.host(), &options).map_err(client_error)?,
+                ),
                 url: transport::send_url(&format!(
                     "{}/v1/projects/{project_id}/messages:send",
                     config.endpoint

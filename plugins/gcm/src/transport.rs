@@ -7,9 +7,10 @@ use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome,
 use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use sygnal_plugin_api::http::reqwest::{self, header, header::HeaderValue, Url};
-use sygnal_plugin_api::http::{describe_error, ConnectionSlots, SlotMetrics};
-use sygnal_plugin_api::http::{read_body_limited, retry, retry_after, Attempt, RetryPolicy};
+use sygnal_plugin_api::http::reqwest::{header, header::HeaderValue, Url};
+use sygnal_plugin_api::http::{retry, retry_after, Attempt, RetryPolicy};
+use sygnal_plugin_api::http::{Bytes, DirectClient, Request, Uri};
+use sygnal_plugin_api::http::{ConnectionSlots, SlotMetrics};
 use sygnal_plugin_api::tracing::{info, warn};
 use sygnal_plugin_api::{FanOut, JsonObject, Labels, Metrics, Notification, PushError};
 
@@ -56,14 +57,14 @@ pub enum Auth {
         /// The full header value, marked sensitive. Secret.
         header: HeaderValue,
         /// The send URL.
-        url: Url,
+        url: Uri,
     },
     /// v1: a bearer token from the service account to `{endpoint}/v1/projects/{id}/messages:send`.
     V1 {
         /// Where tokens come from.
         tokens: TokenSource,
         /// The send URL.
-        url: Url,
+        url: Uri,
     },
 }
 
@@ -73,7 +74,7 @@ struct Response {
     /// The `Retry-After` it carried: read while the headers are at hand, so they need not be
     /// copied out of the response.
     retry_after: Option<Duration>,
-    body: Vec<u8>,
+    body: Bytes,
 }
 
 /// `Content-Type` of every request.
@@ -81,7 +82,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Everything needed to deliver notifications for one app.
 pub struct Transport {
-    client: reqwest::Client,
+    client: DirectClient,
     auth: Auth,
     slots: ConnectionSlots,
     retry: RetryPolicy,
@@ -101,8 +102,8 @@ pub struct Transport {
 pub struct TransportSettings {
     /// The app, for metric labels.
     pub app_id: String,
-    /// The shared client (proxy and trust roots already applied).
-    pub client: reqwest::Client,
+    /// The client for FCM requests (proxy and trust roots already applied).
+    pub client: DirectClient,
     /// Credentials and URL.
     pub auth: Auth,
     /// `max_connections`.
@@ -170,7 +171,7 @@ impl Transport {
         &self,
         notification: &Notification,
         authorization: &HeaderValue,
-        url: &Url,
+        url: &Uri,
     ) -> Result<Vec<String>, PushError> {
         let pushkeys: Vec<String> = notification
             .devices
@@ -221,7 +222,7 @@ impl Transport {
         low_priority: bool,
         pushkeys: Vec<String>,
         authorization: &HeaderValue,
-        url: &Url,
+        url: &Uri,
     ) -> Result<Vec<String>, PushError> {
         struct Progress {
             pending: Vec<String>,
@@ -301,7 +302,7 @@ impl Transport {
         &self,
         notification: &Notification,
         tokens: &TokenSource,
-        url: &Url,
+        url: &Uri,
     ) -> Result<Vec<String>, PushError> {
         self.fan_out
             .run(&notification.devices, |device| {
@@ -316,7 +317,7 @@ impl Transport {
         notification: &Notification,
         device: &sygnal_plugin_api::Device,
         tokens: &TokenSource,
-        url: &Url,
+        url: &Uri,
     ) -> Result<bool, PushError> {
         // Only for logs: not built unless one is written.
         let hint = || pushkey_hint(&device.pushkey);
@@ -396,7 +397,7 @@ impl Transport {
     /// POSTs `body` as JSON, waiting for a connection slot first; a transport failure is `Err`.
     async fn post(
         &self,
-        url: &Url,
+        url: &Uri,
         authorization: HeaderValue,
         body: &impl serde::Serialize,
     ) -> Result<Response, String> {
@@ -407,30 +408,25 @@ impl Transport {
         let _slot = self.slots.acquire().await?;
 
         let started = Instant::now();
-        let mut request = self
-            .client
-            .post(url.clone())
+        let mut request = Request::post(url.clone())
             .header(header::AUTHORIZATION, authorization)
-            .header(header::CONTENT_TYPE, JSON)
-            .body(body);
+            .header(header::CONTENT_TYPE, JSON);
         if self.fallback_user_agent {
             request = request.header(header::USER_AGENT, HeaderValue::from_static("sygnal"));
         }
-        let result = async {
-            let response = request
-                .send()
+        let result = match request.body(Bytes::from(body)) {
+            Ok(request) => self
+                .client
+                .send(request, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|err| format!("FCM request failed: {}", describe_error(err)))?;
-            let status = response.status().as_u16();
-            let retry_after = retry_after(response.headers());
-            let body = read_body_limited(response, MAX_RESPONSE_BYTES).await?;
-            Ok::<_, String>(Response {
-                status,
-                retry_after,
-                body,
-            })
-        }
-        .await;
+                .map(|response| Response {
+                    status: response.status().as_u16(),
+                    retry_after: retry_after(response.headers()),
+                    body: response.into_body(),
+                })
+                .map_err(|err| format!("FCM request failed: {err}")),
+            Err(err) => Err(format!("cannot build the request: {err}")),
+        };
         self.metrics.histogram_observe(
             REQUEST_TIME.0,
             REQUEST_TIME.1,
@@ -482,6 +478,9 @@ pub fn legacy_authorization(api_key: &str) -> Result<HeaderValue, String> {
 }
 
 /// Parses a send URL built from a validated `endpoint`.
-pub fn send_url(url: &str) -> Result<Url, String> {
-    Url::parse(url).map_err(|err| format!("{url:?} is not a valid URL ({err})"))
+pub fn send_url(url: &str) -> Result<Uri, String> {
+    let invalid = |why: &dyn std::fmt::Display| format!("{url:?} is not a valid URL ({why})");
+    // The URL parser normalises (IDNA, percent-encoding) what the URI parser would refuse.
+    let url = Url::parse(url).map_err(|err| invalid(&err))?;
+    url.as_str().parse().map_err(|err| invalid(&err))
 }

@@ -8,7 +8,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -84,6 +84,7 @@ impl Reply {
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub path: String,
+    pub version: Version,
     pub headers: HeaderMap,
     pub body: Value,
     pub at: Instant,
@@ -158,9 +159,10 @@ impl Fake {
             .and_then(|queue| queue.pop_front())
     }
 
-    fn record(&self, path: String, headers: &HeaderMap, body: Value) {
+    fn record(&self, path: String, version: Version, headers: &HeaderMap, body: Value) {
         self.requests.lock().unwrap().push(Recorded {
             path,
+            version,
             headers: headers.clone(),
             body,
             at: Instant::now(),
@@ -254,9 +256,19 @@ fn check_assertion(form: &str, audience: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn token(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: String) -> Response {
+async fn token(
+    State(fake): State<Arc<Fake>>,
+    version: Version,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let n = fake.token_fetches.fetch_add(1, Ordering::SeqCst) + 1;
-    fake.record("/token".into(), &headers, Value::String(body.clone()));
+    fake.record(
+        "/token".into(),
+        version,
+        &headers,
+        Value::String(body.clone()),
+    );
     let audience = fake.token_uri.lock().unwrap().clone();
     if headers.get("content-type").and_then(|v| v.to_str().ok())
         != Some("application/x-www-form-urlencoded")
@@ -309,10 +321,15 @@ async fn delay(fake: &Fake) {
     }
 }
 
-async fn legacy_send(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn legacy_send(
+    State(fake): State<Arc<Fake>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let _in_flight = InFlight::enter(&fake);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    fake.record("/fcm/send".into(), &headers, body.clone());
+    fake.record("/fcm/send".into(), version, &headers, body.clone());
     delay(&fake).await;
     if let Some(scripted) = fake.next_reply("*") {
         return reply(scripted);
@@ -344,6 +361,7 @@ async fn legacy_send(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: By
 async fn v1_send(
     State(fake): State<Arc<Fake>>,
     Path(project): Path<String>,
+    version: Version,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -351,6 +369,7 @@ async fn v1_send(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     fake.record(
         format!("/v1/projects/{project}/messages:send"),
+        version,
         &headers,
         body.clone(),
     );

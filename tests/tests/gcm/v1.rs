@@ -435,3 +435,48 @@ async fn v1_proxy_refusing_our_credentials_fails_the_push() {
     assert!(proxy.rejected_auth() >= 1);
     assert_eq!(up.server.connections(), 0);
 }
+
+/// FCM's API speaks HTTP/2: over TLS the pushkin negotiates it (ALPN) and, once connected,
+/// sends concurrent pushes as streams over that connection; the token fetch has a connection of
+/// its own. (A burst on a cold client opens a connection per request: the pool cannot know
+/// before the handshake that the connection will be shared.)
+#[tokio::test]
+async fn v1_over_tls_multiplexes_pushes_over_one_http2_connection() {
+    let pki = sygnal_tests::tls::TestPki::new();
+    let up = Upstream::tls(&pki).await;
+    up.fake.delay_ms.store(100, Ordering::SeqCst);
+    let gateway = Gateway::builder(&up.v1_app(""))
+        .env("SSL_CERT_FILE", pki.ca_file())
+        .start()
+        .await;
+    let (status, _) = gateway.notify(notification(&[&key("first")])).await;
+    assert_eq!(status, 200);
+    let keys: Vec<String> = (0..20).map(|n| key(&format!("h{n}"))).collect();
+    let answers = futures_util::future::join_all(
+        keys.iter()
+            .map(|pushkey| gateway.notify(notification(&[pushkey.as_str()]))),
+    )
+    .await;
+    for (status, answer) in answers {
+        assert_eq!((status, rejected(&answer)), (200, vec![]), "{answer}");
+    }
+    let requests = up.fake.fcm_requests();
+    assert_eq!(requests.len(), 21);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.version == axum::http::Version::HTTP_2),
+        "{:?}",
+        requests.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
+    assert!(
+        up.fake.max_in_flight.load(Ordering::SeqCst) > 1,
+        "pushes were concurrent"
+    );
+    assert_eq!(up.fake.token_fetches(), 1);
+    assert_eq!(
+        up.server.connections(),
+        2,
+        "one connection for the pushes, one for the token"
+    );
+}

@@ -1,0 +1,414 @@
+//! [`DirectClient`]: hyper's pooled client for requests sent per notification, with the shared
+//! TLS and proxy setup and nothing else around it.
+//!
+//! reqwest wraps every request in layers a pushkin's hot path does not use: a redirect policy
+//! that turns the URI back into a string and re-parses it as a URL (redirects are off), a retry
+//! layer that clones the request, headers and body in case it is retried (pushkins retry
+//! themselves, with backoff), and a URL-to-URI round trip. Under the FCM benchmark these cost
+//! about a seventh of the gateway's CPU per notification (BENCHMARKS.md). Requests that are not
+//! per notification (an OAuth token fetch) can keep [`build_client`](super::build_client).
+
+use super::{tls_config, ClientOptions};
+use crate::HostInfo;
+use bytes::Bytes;
+use http::header::{HeaderValue, USER_AGENT};
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+/// A TCP connection to the upstream, or a tunnel to it through the proxy (itself plain or TLS).
+type Hop = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// A pooled HTTP/1.1 and HTTP/2 client (HTTP/2 when the upstream's TLS offers it, or only
+/// HTTP/2 with [`ClientOptions::http2_only`]) honouring the host's proxy, trust roots and user
+/// agent, as [`build_client`](super::build_client) does. Cloning shares the pool.
+#[derive(Clone)]
+pub struct DirectClient {
+    client: Client<Connector, Full<Bytes>>,
+    request_timeout: Duration,
+    user_agent: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for DirectClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectClient")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectClient {
+    /// A client for `host`'s proxy and trust roots, with `options`' limits.
+    pub fn new(host: &HostInfo, options: &ClientOptions) -> Result<DirectClient, String> {
+        let tls = Arc::new(tls_config(host, options)?);
+        let route = match &host.proxy {
+            None => Route::Direct(tcp_connector()),
+            Some(proxy) => Route::Tunnel(Box::new(tunnel(host, options, proxy)?)),
+        };
+        let connector = Connector {
+            tls: HttpsConnector::from((route, tls)),
+            timeout: options.connect_timeout,
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(600))
+            .pool_max_idle_per_host(options.max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        if options.http2_only {
+            builder.http2_only(true).http2_adaptive_window(true);
+        }
+        let user_agent = match host.user_agent.as_str() {
+            "" => None,
+            agent => Some(
+                HeaderValue::from_str(agent)
+                    .map_err(|_| format!("user agent {agent:?} is not a valid header value"))?,
+            ),
+        };
+        Ok(DirectClient {
+            client: builder.build(connector),
+            request_timeout: options.request_timeout,
+            user_agent,
+        })
+    }
+
+    /// Sends `request` and reads its answer whole, refusing a body over `limit` bytes; all of
+    /// it within the client's `request_timeout`. The error says what failed, without the URL
+    /// (URLs can hold secrets).
+    pub async fn send(
+        &self,
+        request: Request<Bytes>,
+        limit: usize,
+    ) -> Result<Response<Bytes>, String> {
+        let mut request = request.map(Full::new);
+        if let Some(agent) = &self.user_agent {
+            request
+                .headers_mut()
+                .entry(USER_AGENT)
+                .or_insert_with(|| agent.clone());
+        }
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| describe(&err))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|err| {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        format!("response body over {limit} bytes")
+                    } else {
+                        format!("reading the response failed: {}", describe(&*err))
+                    }
+                })?
+                .to_bytes();
+            Ok(Response::from_parts(parts, body))
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {} s",
+                    self.request_timeout.as_secs_f64()
+                ))
+            })
+    }
+}
+
+/// An error with its causes, where hyper keeps the useful part ("client error (Connect):
+/// tcp connect error: Connection refused").
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut tcp = HttpConnector::new();
+    // The TLS layer above takes https:// URIs through this connector.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp
+}
+
+/// A CONNECT tunnel through `proxy` (`http://` or `https://`, credentials as basic auth).
+fn tunnel(
+    host: &HostInfo,
+    options: &ClientOptions,
+    proxy: &str,
+) -> Result<Tunnel<HttpsConnector<HttpConnector>>, String> {
+    let invalid = |why: &str| {
+        format!(
+            "invalid proxy {}: {why}",
+            crate::host_info::redact_url_credentials(proxy)
+        )
+    };
+    let url = reqwest::Url::parse(proxy).map_err(|err| invalid(&err.to_string()))?;
+    let host_part = match url.host_str() {
+        Some(host_part) if matches!(url.scheme(), "http" | "https") => host_part,
+        _ => return Err(invalid("not an http:// or https:// URL")),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid("no port"))?;
+    let proxy_uri: Uri = format!("{}://{host_part}:{port}", url.scheme())
+        .parse()
+        .map_err(|_| invalid("not a valid URI"))?;
+    // The proxy speaks HTTP/1.1 (CONNECT): no ALPN towards it.
+    let mut proxy_tls = tls_config(host, options)?;
+    proxy_tls.alpn_protocols.clear();
+    let to_proxy = HttpsConnector::from((tcp_connector(), Arc::new(proxy_tls)));
+    let tunnel = Tunnel::new(proxy_uri, to_proxy);
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(tunnel);
+    }
+    let decode = |part: &str| {
+        percent_decode(part).ok_or_else(|| invalid("credentials are not valid percent-encoding"))
+    };
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username())?,
+        decode(url.password().unwrap_or(""))?
+    );
+    let mut auth = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials)
+    ))
+    .map_err(|_| invalid("credentials do not fit in a header"))?;
+    auth.set_sensitive(true);
+    Ok(tunnel.with_auth(auth))
+}
+
+/// `%XX` escapes decoded (URL userinfo); `None` if they do not make UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// How a connection reaches the upstream: straight, or through the proxy's tunnel.
+#[derive(Clone)]
+enum Route {
+    Direct(HttpConnector),
+    Tunnel(Box<Tunnel<HttpsConnector<HttpConnector>>>),
+}
+
+impl Service<Uri> for Route {
+    type Response = Hop;
+    type Error = BoxError;
+    type Future = BoxFuture<Hop>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Route::Direct(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Route::Tunnel(tunnel) => tunnel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> BoxFuture<Hop> {
+        match self {
+            Route::Direct(tcp) => {
+                let connecting = tcp.call(dst);
+                Box::pin(async move { Ok(MaybeHttpsStream::Http(connecting.await?)) })
+            }
+            Route::Tunnel(tunnel) => {
+                // The tunnel assumes port 443 when the URI names none.
+                let dst = with_explicit_port(dst);
+                let connecting = tunnel.call(dst);
+                Box::pin(async move { Ok(connecting.await?) })
+            }
+        }
+    }
+}
+
+fn with_explicit_port(dst: Uri) -> Uri {
+    if dst.port().is_some() || dst.scheme() != Some(&http::uri::Scheme::HTTP) {
+        return dst;
+    }
+    let Some(host) = dst.host() else {
+        return dst;
+    };
+    let authority = format!("{host}:80");
+    let mut parts = dst.clone().into_parts();
+    match authority.parse() {
+        Ok(authority) => {
+            parts.authority = Some(authority);
+            Uri::from_parts(parts).unwrap_or(dst)
+        }
+        Err(_) => dst,
+    }
+}
+
+/// TLS over the route, the whole of connecting bounded by `connect_timeout`.
+#[derive(Clone)]
+struct Connector {
+    tls: HttpsConnector<Route>,
+    timeout: Duration,
+}
+
+impl Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<Hop>;
+    type Error = BoxError;
+    type Future = BoxFuture<MaybeHttpsStream<Hop>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tls.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.tls.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(format!("connecting took over {} s", timeout.as_secs_f64()).into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server answering every request on its connections with `answer` (nothing if empty).
+    async fn serve(answer: &'static str) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !answer.is_empty() {
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn client(request_timeout: Duration) -> DirectClient {
+        let host = HostInfo {
+            user_agent: "sygnal-test".to_owned(),
+            ..HostInfo::default()
+        };
+        let options = ClientOptions {
+            request_timeout,
+            ..ClientOptions::default()
+        };
+        DirectClient::new(&host, &options).unwrap()
+    }
+
+    fn get(addr: std::net::SocketAddr) -> Request<Bytes> {
+        Request::get(format!("http://{addr}/secret-device-token"))
+            .body(Bytes::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_the_answer_whole_within_its_limit() {
+        let addr =
+            serve("HTTP/1.1 200 OK\r\ncontent-length: 11\r\nretry-after: 7\r\n\r\nhello world")
+                .await;
+        let client = client(Duration::from_secs(5));
+        let response = client.send(get(addr), 11).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["retry-after"], "7");
+        assert_eq!(response.body().as_ref(), b"hello world");
+        let err = client.send(get(addr), 10).await.unwrap_err();
+        assert_eq!(err, "response body over 10 bytes");
+    }
+
+    #[tokio::test]
+    async fn bounds_the_wait_and_leaves_the_url_out_of_errors() {
+        let silent = serve("").await;
+        let started = std::time::Instant::now();
+        let err = client(Duration::from_millis(300))
+            .send(get(silent), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(err, "no answer within 0.3 s");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = client(Duration::from_secs(5))
+            .send(get(closed), 100)
+            .await
+            .unwrap_err();
+        assert!(err.contains("onnect"), "{err}");
+        assert!(!err.contains("secret-device-token"), "{err}");
+    }
+
+    #[test]
+    fn proxy_credentials_and_ports() {
+        assert_eq!(percent_decode("us%40er%3A1").as_deref(), Some("us@er:1"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%e2%82"), None);
+        let port = |uri: &str| with_explicit_port(uri.parse().unwrap()).to_string();
+        assert_eq!(
+            port("http://fcm.example/send"),
+            "http://fcm.example:80/send"
+        );
+        assert_eq!(
+            port("http://fcm.example:8080/send"),
+            "http://fcm.example:8080/send"
+        );
+        assert_eq!(port("https://fcm.example/send"), "https://fcm.example/send");
+        let host = |proxy: &str| HostInfo {
+            proxy: Some(proxy.to_owned()),
+            ..HostInfo::default()
+        };
+        let options = ClientOptions::default();
+        assert!(
+            DirectClient::new(&host("http://user:p%40ss@proxy.example:3128"), &options).is_ok()
+        );
+        let err =
+            DirectClient::new(&host("socks5://user:secret@proxy.example"), &options).unwrap_err();
+        assert!(err.contains("not an http:// or https:// URL"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+}
