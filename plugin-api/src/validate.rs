@@ -68,6 +68,15 @@ pub struct CheckedDevice<'a> {
 
 /// Checks the `notification` object of a `/notify` body (its JSON text).
 pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
+    // One pass for what is valid; the two readings below decide the rest and say why.
+    match one_pass::notification(json) {
+        Some(checked) => Ok(checked),
+        None => two_readings(json),
+    }
+}
+
+/// The rules as two readings of the text: every value, then the known fields.
+fn two_readings(json: &str) -> Result<Checked<'_>, Invalid> {
     check_values(json)?;
     let check: NotificationCheck<'_> = checked(json).map_err(|err| Invalid {
         path: format!("notification.{}", err.path()),
@@ -103,10 +112,39 @@ pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    objects_not_arrays(json)?;
     Ok(Checked {
         event_id: check.event_id,
         devices,
     })
+}
+
+/// serde reads a struct from an array of its fields too, which the SDK does not: `counts`, each
+/// device and its `tweaks` must be objects. Only invalid notifications get here (the one pass
+/// accepts the valid ones), so reading the whole value is fine.
+fn objects_not_arrays(json: &str) -> Result<(), Invalid> {
+    let Ok(serde_json::Value::Object(notification)) = serde_json::from_str(json) else {
+        return Ok(());
+    };
+    let array =
+        |value: Option<&serde_json::Value>| matches!(value, Some(serde_json::Value::Array(_)));
+    if array(notification.get("counts")) {
+        return Err(invalid("notification.counts", "must be an object"));
+    }
+    let devices = notification.get("devices").and_then(|d| d.as_array());
+    for (index, device) in devices.into_iter().flatten().enumerate() {
+        if device.is_array() {
+            return Err(invalid(
+                &format!("notification.devices[{index}]"),
+                "must be an object",
+            ));
+        }
+        if array(device.get("tweaks")) {
+            let path = format!("notification.devices[{index}].tweaks");
+            return Err(invalid(&path, "must be an object"));
+        }
+    }
+    Ok(())
 }
 
 /// `json` as `T`; on failure, the error with the path to the offending value. Tracking the path
@@ -332,6 +370,9 @@ impl<'de> Deserialize<'de> for AnyObject {
         deserializer.deserialize_map(V)
     }
 }
+
+#[path = "validate_one_pass.rs"]
+mod one_pass;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]
