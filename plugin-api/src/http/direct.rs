@@ -8,7 +8,7 @@
 //! about a seventh of the gateway's CPU per notification (BENCHMARKS.md). Requests that are not
 //! per notification (an OAuth token fetch) can keep [`build_client`](super::build_client).
 
-use super::{tls_config, ClientOptions};
+use super::{error_chain, tls_config, ClientOptions};
 use crate::HostInfo;
 use bytes::Bytes;
 use http::header::{HeaderValue, USER_AGENT};
@@ -87,8 +87,9 @@ impl DirectClient {
     }
 
     /// Sends `request` and reads its answer whole, refusing a body over `limit` bytes; all of
-    /// it within the client's `request_timeout`. The error says what failed, without the URL
-    /// (URLs can hold secrets).
+    /// it within the client's `request_timeout`. The error says what failed with its causes,
+    /// where hyper keeps the useful part ("client error (Connect): tcp connect error: Connection
+    /// refused"), and without the URL (URLs can hold secrets).
     pub async fn send(
         &self,
         request: Request<Bytes>,
@@ -106,7 +107,7 @@ impl DirectClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|err| describe(&err))?;
+                .map_err(|err| error_chain(&err))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, limit)
                 .collect()
@@ -115,7 +116,7 @@ impl DirectClient {
                     if err.is::<http_body_util::LengthLimitError>() {
                         format!("response body over {limit} bytes")
                     } else {
-                        format!("reading the response failed: {}", describe(&*err))
+                        format!("reading the response failed: {}", error_chain(&*err))
                     }
                 })?
                 .to_bytes();
@@ -130,19 +131,6 @@ impl DirectClient {
                 ))
             })
     }
-}
-
-/// An error with its causes, where hyper keeps the useful part ("client error (Connect):
-/// tcp connect error: Connection refused").
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn tcp_connector() -> HttpConnector {
@@ -176,8 +164,13 @@ fn tunnel(
     let proxy_uri: Uri = format!("{}://{host_part}:{port}", url.scheme())
         .parse()
         .map_err(|_| invalid("not a valid URI"))?;
-    // The proxy speaks HTTP/1.1 (CONNECT): no ALPN towards it.
-    let mut proxy_tls = tls_config(host, options)?;
+    // The proxy speaks HTTP/1.1 (CONNECT): no ALPN towards it, and the pushkin's client
+    // certificate is for its upstream, not for the proxy.
+    let to_proxy_options = ClientOptions {
+        client_identity_pem: None,
+        ..options.clone()
+    };
+    let mut proxy_tls = tls_config(host, &to_proxy_options)?;
     proxy_tls.alpn_protocols.clear();
     let to_proxy = HttpsConnector::from((tcp_connector(), Arc::new(proxy_tls)));
     let tunnel = Tunnel::new(proxy_uri, to_proxy);

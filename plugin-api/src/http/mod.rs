@@ -404,9 +404,13 @@ fn httpdate_to_unix(value: &str) -> Option<u64> {
 /// A request error with its causes (where reqwest keeps the useful part), without the URL:
 /// URLs can hold secrets (an APNs device token, a UnifiedPush endpoint), which must not be logged.
 pub fn describe_error(err: reqwest::Error) -> String {
-    let err = err.without_url();
+    error_chain(&err.without_url())
+}
+
+/// An error followed by its causes, `: `-separated.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut source = err.source();
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
