@@ -59,9 +59,51 @@ pub fn redact_url_credentials(url: &str) -> String {
     }
 }
 
+/// A URL's user name or password with its `%XX` escapes decoded (proxy and Redis URLs); the
+/// error says what is wrong without repeating the credential.
+pub fn decode_url_credential(part: &str) -> Result<String, &'static str> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+            match (hex(i + 1), hex(i + 2)) {
+                (Some(high), Some(low)) => out.push((high * 16 + low) as u8),
+                _ => return Err("bad %-escape in credentials"),
+            }
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "credentials are not UTF-8")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_decoded_strictly() {
+        assert_eq!(
+            decode_url_credential("us%40er%3A1").as_deref(),
+            Ok("us@er:1")
+        );
+        assert_eq!(decode_url_credential("plain").as_deref(), Ok("plain"));
+        for bad in ["%zz", "%4", "%", "%+1"] {
+            assert_eq!(
+                decode_url_credential(bad),
+                Err("bad %-escape in credentials"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            decode_url_credential("%e2%82"),
+            Err("credentials are not UTF-8")
+        );
+    }
 
     #[test]
     fn unknown_and_missing_host_info_fields_are_tolerated() {

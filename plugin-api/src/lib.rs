@@ -97,7 +97,8 @@ pub mod http;
 
 pub use fan_out::FanOut;
 pub use host_info::{
-    redact_url_credentials, HostInfo, PluginInfo, PANIC_STRATEGY, PANIC_STRATEGY_KEY,
+    decode_url_credential, redact_url_credentials, HostInfo, PluginInfo, PANIC_STRATEGY,
+    PANIC_STRATEGY_KEY,
 };
 pub use metrics::{label_name_problem, metric_name_problem, GaugeGuard, Labels, Metrics};
 pub use notification::{Counts, Device, JsonObject, Notification, Tweaks};

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use sygnal_plugin_api::decode_url_credential;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -50,8 +51,8 @@ impl RedisUrl {
             None => (None, None),
             Some(credentials) => {
                 let (user, password) = credentials.split_once(':').unwrap_or(("", credentials));
-                let user = percent_decode(user)?;
-                let password = percent_decode(password)?;
+                let user = decode_url_credential(user)?;
+                let password = decode_url_credential(password)?;
                 (
                     Some(user).filter(|u| !u.is_empty()),
                     Some(password).filter(|p| !p.is_empty()),
@@ -97,26 +98,6 @@ impl RedisUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
-}
-
-fn percent_decode(text: &str) -> Result<String, String> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next(), bytes.next()];
-            let decoded = match hex {
-                [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                    .ok()
-                    .and_then(|s| u8::from_str_radix(s, 16).ok()),
-                _ => None,
-            };
-            out.push(decoded.ok_or("bad %-escape in credentials")?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).map_err(|_| "credentials are not UTF-8".to_owned())
 }
 
 /// A reply.

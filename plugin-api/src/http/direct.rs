@@ -177,9 +177,7 @@ fn tunnel(
     if url.username().is_empty() && url.password().is_none() {
         return Ok(tunnel);
     }
-    let decode = |part: &str| {
-        percent_decode(part).ok_or_else(|| invalid("credentials are not valid percent-encoding"))
-    };
+    let decode = |part: &str| crate::host_info::decode_url_credential(part).map_err(invalid);
     let credentials = format!(
         "{}:{}",
         decode(url.username())?,
@@ -192,24 +190,6 @@ fn tunnel(
     .map_err(|_| invalid("credentials do not fit in a header"))?;
     auth.set_sensitive(true);
     Ok(tunnel.with_auth(auth))
-}
-
-/// `%XX` escapes decoded (URL userinfo); `None` if they do not make UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// How a connection reaches the upstream: straight, or through the proxy's tunnel.
@@ -378,9 +358,6 @@ mod tests {
 
     #[test]
     fn proxy_credentials_and_ports() {
-        assert_eq!(percent_decode("us%40er%3A1").as_deref(), Some("us@er:1"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%e2%82"), None);
         let port = |uri: &str| with_explicit_port(uri.parse().unwrap()).to_string();
         assert_eq!(
             port("http://fcm.example/send"),
