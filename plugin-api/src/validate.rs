@@ -172,14 +172,18 @@ fn check_values(json: &str) -> Result<(), Invalid> {
         depth: 1,
         trail: &mut trail,
     };
-    seed.deserialize(&mut serde_json::Deserializer::from_str(json))
-        .map_err(|err| Invalid {
-            path: trail
-                .iter()
-                .rev()
-                .fold("notification".to_owned(), |path, seg| path + seg),
-            reason: err.to_string(),
-        })
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    seed.deserialize(&mut deserializer).map_err(|err| Invalid {
+        path: trail
+            .iter()
+            .rev()
+            .fold("notification".to_owned(), |path, seg| path + seg),
+        reason: err.to_string(),
+    })?;
+    // One value and nothing after it: what follows would not parse in the pushkins.
+    deserializer
+        .end()
+        .map_err(|err| invalid("notification", &err.to_string()))
 }
 
 /// Visits one JSON value at `depth`; on error, `trail` collects the path to it, innermost

@@ -301,3 +301,23 @@ fn objects_given_as_arrays_are_refused() {
         assert_eq!(invalid.reason, "must be an object", "{json}");
     }
 }
+
+#[test]
+fn text_after_the_notification_is_refused() {
+    let one = r#"{"devices":[{"app_id":"a","pushkey":"k"}]}"#;
+    for json in [
+        format!("{one},{one}"),
+        format!(r#"{one},"notification":{one}"#),
+        format!("{one}}}"),
+        format!("{one} x"),
+    ] {
+        let invalid = refused(&json);
+        assert_eq!(invalid.path, "notification", "{json}");
+        assert!(
+            invalid.reason.contains("trailing"),
+            "{json}: {}",
+            invalid.reason
+        );
+    }
+    assert!(notification(&format!(" {one} \n")).is_ok());
+}
