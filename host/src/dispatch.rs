@@ -86,7 +86,7 @@ pub async fn dispatch(
     drop(table);
 
     let mut failure = None;
-    let notification_json = parsed.notification.get();
+    let notification_json = parsed.notification;
     let mut pending = Vec::with_capacity(batches.len());
     let mut dispatched = Vec::with_capacity(batches.len());
     for batch in batches {

@@ -12,8 +12,8 @@ use sygnal_plugin_api::validate;
 /// A valid notification: its raw JSON and its devices.
 #[derive(Debug)]
 pub struct ParsedNotify<'a> {
-    /// The `notification` object, exactly as received.
-    pub notification: &'a RawValue,
+    /// The `notification` object's JSON, exactly as received.
+    pub notification: &'a str,
     /// Its `event_id`, if any.
     pub event_id: Option<std::borrow::Cow<'a, str>>,
     /// The devices, in order.
@@ -38,9 +38,35 @@ struct Body<'a> {
     notification: Option<&'a RawValue>,
 }
 
+/// What every homeserver sends before the notification object itself.
+const SYNAPSE_PREFIX: &[u8] = br#"{"notification":"#;
+
 /// Parses and validates a `/notify` body: JSON syntax here, the notification itself by the
 /// rules pushkins rely on ([`sygnal_plugin_api::validate`]).
 pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
+    // Homeservers send exactly `{"notification":{...}}`. Then the notification is the text
+    // between, and finding it needs no pass over it: the validation is the only one. If that
+    // text is not exactly one valid notification, the body is read in full below, which also
+    // says what is wrong with it (an invalid one is then validated twice: only refusals pay).
+    let inner = body
+        .strip_prefix(SYNAPSE_PREFIX)
+        .and_then(|rest| rest.strip_suffix(b"}"))
+        .and_then(|inner| std::str::from_utf8(inner).ok())
+        .map(|inner| inner.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r')));
+    if let Some(inner) = inner {
+        if let Ok(checked) = validate::notification(inner) {
+            return Ok(ParsedNotify {
+                notification: inner,
+                event_id: checked.event_id,
+                devices: checked.devices,
+            });
+        }
+    }
+    parse_whole(body)
+}
+
+/// [`parse`] for any body: the notification is found by reading the whole body.
+fn parse_whole(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
     let body: Body<'_> = serde_json::from_slice(body).map_err(|err| {
         if err.is_data() {
             BadRequest::BadJson("expected a JSON object with a `notification` object".to_owned())
@@ -59,7 +85,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedNotify<'_>, BadRequest> {
     let checked = validate::notification(notification.get())
         .map_err(|invalid| BadRequest::BadJson(invalid.to_string()))?;
     Ok(ParsedNotify {
-        notification,
+        notification: notification.get(),
         event_id: checked.event_id,
         devices: checked.devices,
     })
@@ -215,12 +241,17 @@ mod tests {
                 .map(|d| d.raw.get())
                 .collect();
             let devices = format!("[{}]", raws.join(","));
-            Notification::from_dispatch_json(parsed.notification.get(), &devices)?;
+            Notification::from_dispatch_json(parsed.notification, &devices)?;
         }
         Ok(())
     }
 
     fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
+        // The shortcut for homeservers' bodies decides as reading the whole body does.
+        prop_assert_eq!(
+            format!("{:?}", parse(body)),
+            format!("{:?}", parse_whole(body))
+        );
         match parse(body) {
             Ok(parsed) => {
                 prop_assert!(!parsed.devices.is_empty());
@@ -271,6 +302,28 @@ mod tests {
             check_body(&damaged)?;
             check_body(&body[..cut.index(body.len())])?;
         }
+    }
+
+    #[test]
+    fn bodies_shaped_almost_like_synapse_ones_are_read_whole() {
+        let n = r#"{"event_id":"$e","devices":[{"app_id":"a","pushkey":"k"}]}"#;
+        let other = r#"{"event_id":"$x","devices":[{"app_id":"b","pushkey":"j"}]}"#;
+        // The last `notification` wins, as serde_json reads duplicate keys: refused either way.
+        for body in [
+            format!(r#"{{"notification":{n},"notification":{other}}}"#),
+            format!(r#"{{"notification":{n},"extra":{{"a":1}}}}"#),
+            format!(r#"{{"notification":{n} }}"#),
+            format!("{{\"notification\":\n\t{n}\r }}"),
+            format!("{{\"notification\":\x0c{n}}}"),
+            format!(r#"{{"notification":{n}}}  "#),
+            format!(r#"{{"notification":{n}}}}}"#),
+            format!(r#"{{"notification":{n}"#),
+        ] {
+            let (fast, whole) = (parse(body.as_bytes()), parse_whole(body.as_bytes()));
+            assert_eq!(format!("{fast:?}"), format!("{whole:?}"), "{body}");
+        }
+        let extra = format!(r#"{{"notification":{n},"extra":{{"a":1}}}}"#);
+        assert_eq!(parse(extra.as_bytes()).unwrap().notification, n);
     }
 
     #[test]
