@@ -66,9 +66,48 @@ impl AppState {
         self
     }
 
-    fn next_request_id(&self) -> String {
-        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n}", self.instance)
+    fn next_request_id(&self) -> RequestId {
+        RequestId::new(
+            self.instance,
+            self.request_ids.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+}
+
+/// A request's id, `<instance, 8 hex digits>-<counter>`, kept without allocating: every
+/// /notify gets one.
+struct RequestId {
+    text: [u8; 29],
+    len: usize,
+}
+
+impl RequestId {
+    fn new(instance: u32, counter: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 29];
+        for (i, byte) in text[..8].iter_mut().enumerate() {
+            *byte = HEX[(instance >> (28 - 4 * i) & 0xf) as usize];
+        }
+        text[8] = b'-';
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = counter;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let len = 9 + digits.len() - start;
+        text[9..len].copy_from_slice(&digits[start..]);
+        RequestId { text, len }
+    }
+
+    fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
     }
 }
 
@@ -219,10 +258,11 @@ async fn notify(
     let started = Instant::now();
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let request_id = state.next_request_id();
+    let request_id = request_id.as_str();
     let span = tracing::info_span!("notify", request_id = %request_id);
-    let trace = otel::start_request(&caller, NOTIFY_PATH, &request_id);
+    let trace = otel::start_request(&caller, NOTIFY_PATH, request_id);
     let handler =
-        handle_notify(&state, &request_id, body, started + state.notify_timeout).instrument(span);
+        handle_notify(&state, request_id, body, started + state.notify_timeout).instrument(span);
     let response = match &trace {
         Some(trace) => trace.scope(handler).await,
         None => handler.await,
@@ -291,13 +331,7 @@ async fn handle_notify(
                 rejected = rejected.len(),
                 "notification dispatched"
             );
-            let body = serde_json::json!({ "rejected": rejected });
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
+            rejected_response(&rejected)
         }
         Err(Failure::Dispatch) => error(
             StatusCode::BAD_GATEWAY,
@@ -310,6 +344,35 @@ async fn handle_notify(
             "internal error while dispatching",
         ),
     }
+}
+
+/// 200 with the rejected pushkeys. Nearly every answer rejects none: that body is a constant.
+fn rejected_response(rejected: &[String]) -> Response {
+    #[derive(serde::Serialize)]
+    struct Rejected<'a> {
+        rejected: &'a [String],
+    }
+    let body = if rejected.is_empty() {
+        Bytes::from_static(br#"{"rejected":[]}"#)
+    } else {
+        match serde_json::to_vec(&Rejected { rejected }) {
+            Ok(body) => Bytes::from(body),
+            Err(err) => {
+                tracing::error!(%err, "could not write the rejected pushkeys");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "M_UNKNOWN",
+                    "internal error",
+                );
+            }
+        }
+    };
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The Prometheus router (`GET /metrics`).
@@ -330,4 +393,33 @@ pub fn metrics_router() -> Router {
             )
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_read_as_instance_and_counter() {
+        for (instance, counter) in [(0, 0), (0xdead_beef, 42), (u32::MAX, u64::MAX), (7, 10)] {
+            assert_eq!(
+                RequestId::new(instance, counter).as_str(),
+                format!("{instance:08x}-{counter}")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_answer_lists_rejected_pushkeys_as_json() {
+        for rejected in [vec![], vec!["a\"b".to_owned(), "c".to_owned()]] {
+            let response = rejected_response(&rejected);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, serde_json::json!({ "rejected": rejected }));
+        }
+    }
 }

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use sygnal_plugin_api::abi::MetricOp;
+
+mod recent;
 use sygnal_plugin_api::{label_name_problem, metric_name_problem};
 
 /// The gateway's own metric names: plugins may not report these, nor any name they start
@@ -200,6 +202,9 @@ pub struct Registry {
     /// `pushkin="<app id>"` label pairs of apps a reload removed: their series are gone, and
     /// late reports from their last requests do not bring them back.
     retired: RwLock<BTreeSet<String>>,
+    /// Moves on whenever series are removed: plugins' series cached per thread are then looked
+    /// up again.
+    epoch: recent::Epoch,
 }
 
 /// Why a plugin's report about an app a reload removed is dropped (silently: it is expected
@@ -254,6 +259,7 @@ impl Registry {
                 "a plugin reported the gateway's own metric; its series are dropped"
             );
             families.remove(name);
+            self.epoch.advance();
         }
         if !families.by_name.contains_key(name) {
             if let Err(problem) = families.create(name, help, kind, false) {
@@ -343,6 +349,7 @@ impl Registry {
         if let Ok(mut retired) = self.retired.write() {
             retired.insert(pair);
         }
+        self.epoch.advance();
     }
 
     /// Lets an app that is configured (again) have series.
@@ -479,13 +486,18 @@ fn report(
     if op == MetricOp::CounterAdd && value < 0.0 {
         return Err(format!("counters only go up: cannot add {value}"));
     }
-    let series = registry.plugin_series(name, help, kind, labels)?;
-    match op {
-        MetricOp::CounterAdd | MetricOp::GaugeAdd => series.add(value),
-        MetricOp::GaugeSet => series.set(value),
-        MetricOp::HistogramObserve => series.observe(value),
-    }
-    Ok(())
+    recent::with_series(
+        registry,
+        kind,
+        name,
+        labels,
+        || registry.plugin_series(name, help, kind, labels),
+        |series| match op {
+            MetricOp::CounterAdd | MetricOp::GaugeAdd => series.add(value),
+            MetricOp::GaugeSet => series.set(value),
+            MetricOp::HistogramObserve => series.observe(value),
+        },
+    )
 }
 
 /// Checks rendered label syntax (`a="x",b="y\"z"`): valid, unreserved, unique names, and

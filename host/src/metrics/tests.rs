@@ -401,3 +401,42 @@ fn a_name_keeps_its_first_kind() {
     assert!(registry.series("m", "", Kind::Counter, "").is_some());
     assert!(registry.series("m", "", Kind::Gauge, "").is_none());
 }
+
+#[test]
+fn repeated_reports_reach_the_same_series() {
+    let registry = Registry::default();
+    let labels = label("pushkin", "app");
+    for value in [1.0, 2.0, 3.0] {
+        plugin_report(
+            &registry,
+            MetricOp::CounterAdd,
+            "plugin_pushes",
+            &labels,
+            value,
+        )
+        .unwrap();
+        plugin_report(
+            &registry,
+            MetricOp::HistogramObserve,
+            "plugin_time",
+            &labels,
+            0.02,
+        )
+        .unwrap();
+    }
+    // Another registry on the same thread has series of its own.
+    let other = Registry::default();
+    plugin_report(&other, MetricOp::CounterAdd, "plugin_pushes", &labels, 10.0).unwrap();
+    let text = registry.render();
+    assert!(
+        text.contains("plugin_pushes_total{pushkin=\"app\"} 6.0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plugin_time_count{pushkin=\"app\"} 3.0\n"),
+        "{text}"
+    );
+    assert!(other
+        .render()
+        .contains("plugin_pushes_total{pushkin=\"app\"} 10.0\n"));
+}
