@@ -65,21 +65,22 @@ impl ConnectionSlots {
     /// A slot, held until it is dropped; an error (worth retrying later) when none came free
     /// within the wait.
     pub async fn acquire(&self) -> Result<Slot<'_>, String> {
-        let queued = Instant::now();
         // A free slot is taken at once, without counting the request as pending (the gauge
-        // would go up and down again in the same instant: two metric updates for nothing).
-        let permit = match self.slots.try_acquire() {
-            Ok(permit) => Ok(Ok(permit)),
+        // would go up and down again in the same instant: two metric updates for nothing) and
+        // without reading the clock for a wait of zero.
+        let (permit, waited) = match self.slots.try_acquire() {
+            Ok(permit) => (Ok(Ok(permit)), 0.0),
             Err(_) => {
+                let queued = Instant::now();
                 let (name, help) = self.names.pending;
                 let _pending = self.metrics.gauge_guard(name, help, &self.labels);
                 // Bounded: with a hung upstream every slot stays taken until its requests time
                 // out, and an unbounded queue would answer homeservers long after they gave up.
-                tokio::time::timeout(self.wait, self.slots.acquire()).await
+                let permit = tokio::time::timeout(self.wait, self.slots.acquire()).await;
+                (permit, queued.elapsed().as_secs_f64())
             }
         };
         let (name, help) = self.names.queue_time;
-        let waited = queued.elapsed().as_secs_f64();
         self.metrics
             .histogram_observe(name, help, &self.labels, waited);
         match permit {

@@ -198,6 +198,12 @@ impl Transport {
             }
         };
         let low_priority = notification.is_low_priority();
+        if pushkeys.len() <= MAX_REGISTRATION_IDS {
+            // The usual case (Synapse sends one device): no batch list to build and join.
+            return self
+                .send_legacy_batch(&data, low_priority, pushkeys, authorization, url)
+                .await;
+        }
         let batches = pushkeys.chunks(MAX_REGISTRATION_IDS).map(|batch| {
             self.send_legacy_batch(&data, low_priority, batch.to_vec(), authorization, url)
         });
