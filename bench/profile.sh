@@ -77,7 +77,7 @@ if perf_works; then
     "http://127.0.0.1:$GW_PORT$NOTIFY_PATH" > "$OUTDIR/wrk.txt" 2>&1 </dev/null 9>&- &
   CHILD_PIDS=$!
   sleep "$WARMUP"
-  perf record -o "$OUTDIR/perf.data" -F "$FREQ" --call-graph dwarf,8192 -p "$GW_PID" \
+  perf record -o "$OUTDIR/perf.data" -F "$FREQ" --call-graph ${CALL_GRAPH:-dwarf,8192} -p "$GW_PID" \
     -- sleep "$DURATION" > "$OUTDIR/perf-record.log" 2>&1 </dev/null 9>&- ||
     die "perf record failed: $(tail -n 2 "$OUTDIR/perf-record.log" | tr '\n' ' ')"
   wait "$CHILD_PIDS" || true; CHILD_PIDS=""
