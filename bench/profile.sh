@@ -10,6 +10,8 @@
 # allocator, JSON, HTTP, TLS, kernel...), or callgrind.out + callgrind.txt.
 #
 # Environment: CONNS=64 WARMUP=3 DURATION=10 FREQ=250 SKIP_BUILD=1 WORK=/tmp/sygnal-bench
+# SCENARIO=fcm-legacy (or fcm-v1) CALL_GRAPH=dwarf,8192 (perf --call-graph; `fp` for a build with -C force-frame-pointers=yes,
+# given as GATEWAY_BIN: DWARF unwinding loses frames below large async stack frames)
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -29,7 +31,8 @@ make_secrets
 OUTDIR="$WORK/profile"
 rm -rf "$OUTDIR" "$WORK/gateway.log"; mkdir -p "$OUTDIR"
 start_upstreams
-write_gateway_config "$WORK/sygnal-profile.yaml" fcm-legacy
+case "${SCENARIO:=fcm-legacy}" in fcm-legacy | fcm-v1) ;; *) die "SCENARIO must be fcm-legacy or fcm-v1 (got '$SCENARIO')" ;; esac
+write_gateway_config "$WORK/sygnal-profile.yaml" "$SCENARIO"
 LUA="$BENCH_DIR/lua/notify1.lua"
 
 perf_works() {

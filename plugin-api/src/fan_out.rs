@@ -70,6 +70,13 @@ impl FanOut {
         F: FnMut(&'a Device) -> Fut,
         Fut: Future<Output = Result<bool, PushError>>,
     {
+        if let [device] = devices {
+            // One device, what Synapse sends: no set of deliveries to build and drive.
+            return deliver(device).await.map(|rejected| match rejected {
+                true => vec![device.pushkey.clone()],
+                false => Vec::new(),
+            });
+        }
         // A hand-driven FuturesUnordered rather than `buffer_unordered` over a mapping
         // closure: the closure would make the caller's future fail rustc's Send check.
         let mut in_flight = FuturesUnordered::new();
@@ -173,6 +180,24 @@ mod tests {
             .await;
         assert_eq!(result, Err(PushError::temporary("upstream down")));
         assert_eq!(ran.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn one_device_gets_the_same_answers() {
+        let one = devices(1);
+        for (outcome, expected) in [
+            (Ok(true), Ok(vec!["k0".to_owned()])),
+            (Ok(false), Ok(Vec::new())),
+            (
+                Err(PushError::temporary("busy")),
+                Err(PushError::temporary("busy")),
+            ),
+        ] {
+            let result = FanOut::new(1)
+                .run(&one, |_| std::future::ready(outcome.clone()))
+                .await;
+            assert_eq!(result, expected);
+        }
     }
 
     #[tokio::test]
