@@ -372,7 +372,10 @@ impl<P: Pushkin> Adapter<P> {
         let pushkin = Arc::clone(&self.inner);
         let (request_id, trace) = crate::trace::split_request_id(request_id.as_str());
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);
-        let dispatch = async move { pushkin.dispatch(&notification).await }.instrument(span);
+        // Boxed: a pushkin's future can hold a few KiB of state, and tokio copies a task's
+        // whole cell when it hands the output back; a box keeps that to a pointer.
+        let dispatch =
+            Box::pin(async move { pushkin.dispatch(&notification).await }.instrument(span));
         let task = match trace {
             Some(context) => self.handle.spawn(crate::trace::in_dispatch(
                 context,
