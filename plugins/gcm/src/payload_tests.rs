@@ -430,8 +430,37 @@ mod properties {
     use proptest::prelude::*;
     use sygnal_plugin_api::testing::accepted_notifications;
 
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[\\x00-\\x1f\"\\\\]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..8)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The shortcut that skips measuring small data never underestimates.
+        #[test]
+        fn the_size_bound_is_never_below_the_size(value in any_json()) {
+            let mut map = JsonObject::new();
+            map.insert("v".to_owned(), value);
+            prop_assert!(object_size_bound(&map, 0) >= json_size(&map));
+        }
 
         /// Whatever the host accepts: no panic, and the data sent is within FCM's limit, all
         /// strings for v1.
