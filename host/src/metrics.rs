@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use sygnal_plugin_api::abi::MetricOp;
+use sygnal_plugin_api::{label_name_problem, metric_name_problem};
 
 mod recent;
-use sygnal_plugin_api::{label_name_problem, metric_name_problem};
 
 /// The gateway's own metric names: plugins may not report these, nor any name they start
 /// (which could collide with their `_total`, `_bucket`, `_count` or `_sum` samples).

@@ -38,7 +38,7 @@ struct Body<'a> {
     notification: Option<&'a RawValue>,
 }
 
-/// What every homeserver sends before the notification object itself.
+/// How a homeserver's body starts (Synapse writes compact JSON with this one key).
 const SYNAPSE_PREFIX: &[u8] = br#"{"notification":"#;
 
 /// Parses and validates a `/notify` body: JSON syntax here, the notification itself by the

@@ -353,30 +353,35 @@ impl Serialize for Android<'_> {
     }
 }
 
-/// At least the size of `value`'s compact JSON (see [`object_size_bound`]).
+/// Nesting past which [`size_bound`] gives up (`usize::MAX`: the data is then measured).
+const MAX_BOUND_DEPTH: usize = 32;
+
+/// At least the size of `value`'s compact JSON, from the lengths of its strings.
 fn size_bound(value: &Value, depth: usize) -> usize {
+    if depth > MAX_BOUND_DEPTH {
+        return usize::MAX;
+    }
     match value {
         Value::Null => 4,
         Value::Bool(_) => 5,
-        // The longest: a negative 19-digit integer, or a float like -1.2345678901234567e-308.
+        // The longest: a negative 19-digit integer, or a float like -2.2250738585072014e-308.
         Value::Number(_) => 24,
         // Quotes, and any byte escaped at most as \u00XX.
-        Value::String(text) => 2 + 6 * text.len(),
+        Value::String(text) => 6 * text.len() + 2,
         Value::Array(items) => items.iter().fold(2, |size, item| {
-            size.saturating_add(size_bound(item, depth + 1) + 1)
+            size.saturating_add(size_bound(item, depth + 1))
+                .saturating_add(1)
         }),
-        Value::Object(map) => object_size_bound(map, depth + 1),
+        Value::Object(map) => object_size_bound(map, depth),
     }
 }
 
-/// At least the size of `map`'s compact JSON, from the lengths of its strings; `usize::MAX`
-/// past a nesting no payload has, rather than recursing on.
+/// [`size_bound`] of an object.
 fn object_size_bound(map: &JsonObject, depth: usize) -> usize {
-    if depth > 32 {
-        return usize::MAX;
-    }
     map.iter().fold(2, |size, (key, value)| {
-        size.saturating_add(2 + 6 * key.len() + 1 + size_bound(value, depth) + 1)
+        // The key's quotes and escapes, its colon and a comma.
+        size.saturating_add(6 * key.len() + 4)
+            .saturating_add(size_bound(value, depth + 1))
     })
 }
 

@@ -420,6 +420,23 @@ fn v1_body_wraps_the_message_and_merges_android_options() {
 }
 
 #[test]
+fn the_size_bound_gives_up_on_deep_nesting_without_overflowing() {
+    let mut deep = json!("x");
+    for level in 0..40 {
+        deep = if level % 2 == 0 {
+            json!([deep, 1])
+        } else {
+            json!({ "k": deep })
+        };
+    }
+    let Value::Object(data) = json!({ "content": deep }) else {
+        unreachable!()
+    };
+    assert_eq!(object_size_bound(&data, 0), usize::MAX);
+    assert!(json_size(&data) < MAX_DATA_BYTES);
+}
+
+#[test]
 fn the_size_check_counts_the_compact_json() {
     let data = json!({"a": "x\"y", "n": [1, 2]});
     assert_eq!(json_size(&data), serde_json::to_vec(&data).unwrap().len());
