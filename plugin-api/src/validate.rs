@@ -66,7 +66,8 @@ pub struct CheckedDevice<'a> {
     pub raw: &'a RawValue,
 }
 
-/// Checks the `notification` object of a `/notify` body (its JSON text).
+/// Checks the `notification` object of a `/notify` body (its JSON text: one object, with
+/// nothing after it but whitespace).
 pub fn notification(json: &str) -> Result<Checked<'_>, Invalid> {
     // One pass for what is valid; the two readings below decide the rest and say why.
     match one_pass::notification(json) {
