@@ -291,6 +291,22 @@ impl GatewayBuilder {
     /// if it exits or does not come up.
     pub async fn start(self) -> Gateway {
         install_crypto();
+        // A port found free may be taken by a concurrent test before the gateway binds it:
+        // then the gateway exits at once, and another pair of ports is tried.
+        for _ in 1..5 {
+            match self.try_start().await {
+                Ok(gateway) => return gateway,
+                Err(logs) if logs.contains("Address already in use") => continue,
+                Err(logs) => panic!("{logs}"),
+            }
+        }
+        self.try_start()
+            .await
+            .unwrap_or_else(|logs| panic!("{logs}"))
+    }
+
+    /// One attempt of [`start`](Self::start): the gateway, or what it said before exiting.
+    async fn try_start(&self) -> Result<Gateway, String> {
         let (dir, port, metrics_port, config) = self.prepare();
         let log = dir.path().join("gateway.log");
         let child = self
@@ -312,10 +328,10 @@ impl GatewayBuilder {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(Ok(Some(status))) = gateway.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
+                return Err(format!(
                     "gateway exited ({status}) during start:\n{}",
                     gateway.logs()
-                );
+                ));
             }
             let health = gateway
                 .client
@@ -324,7 +340,7 @@ impl GatewayBuilder {
                 .send()
                 .await;
             if matches!(&health, Ok(r) if r.status() == 200) {
-                return gateway;
+                return Ok(gateway);
             }
             assert!(
                 Instant::now() < deadline,
