@@ -254,9 +254,9 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// What a client over the connection limit reads before the connection closes.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\r\n{\"errcode\":\"M_UNKNOWN\",\"error\":\"too many open connections\"}";
 
-/// Accept errors back off from this delay, doubling up to a second.
 /// How often a repeating accept failure or connection refusal is logged.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Accept errors back off from this delay, doubling up to a second.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
