@@ -1,8 +1,9 @@
-//! A small HTTP CONNECT proxy for the tests, with optional basic auth.
+//! A small HTTP CONNECT proxy for the tests, with optional basic auth, spoken over plain TCP
+//! (`http://` proxy URLs) or TLS (`https://`).
 
 use base64::Engine;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,6 +19,7 @@ pub struct ConnectProxy {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
     auth: Option<(String, String)>,
+    tls: bool,
     seen: Arc<Mutex<Seen>>,
     breaker: watch::Sender<u64>,
     task: JoinHandle<()>,
@@ -26,6 +28,22 @@ pub struct ConnectProxy {
 impl ConnectProxy {
     /// Starts a proxy; with `auth`, CONNECTs must carry those basic credentials.
     pub async fn start(auth: Option<(&str, &str)>) -> ConnectProxy {
+        ConnectProxy::start_with(auth, None).await
+    }
+
+    /// Starts a proxy that clients reach over TLS (`https://` proxy URLs), with `tls`'s
+    /// certificate.
+    pub async fn start_tls(
+        auth: Option<(&str, &str)>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> ConnectProxy {
+        ConnectProxy::start_with(auth, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(
+        auth: Option<(&str, &str)>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> ConnectProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let auth = auth.map(|(u, p)| (u.to_owned(), p.to_owned()));
@@ -37,6 +55,7 @@ impl ConnectProxy {
         });
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (breaker, _) = watch::channel(0u64);
+        let over_tls = tls.is_some();
         let task = {
             let seen = Arc::clone(&seen);
             let breaker = breaker.clone();
@@ -45,13 +64,26 @@ impl ConnectProxy {
                     let seen = Arc::clone(&seen);
                     let expected = expected.clone();
                     let broken = breaker.subscribe();
-                    tokio::spawn(tunnel(client, expected, seen, broken));
+                    match &tls {
+                        None => {
+                            tokio::spawn(tunnel(client, expected, seen, broken));
+                        }
+                        Some(acceptor) => {
+                            let accepting = acceptor.accept(client);
+                            tokio::spawn(async move {
+                                if let Ok(client) = accepting.await {
+                                    tunnel(client, expected, seen, broken).await;
+                                }
+                            });
+                        }
+                    }
                 }
             })
         };
         ConnectProxy {
             addr,
             auth,
+            tls: over_tls,
             seen,
             breaker,
             task,
@@ -60,9 +92,11 @@ impl ConnectProxy {
 
     /// The proxy URL, with credentials when auth is required.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let port = self.addr.port();
         match &self.auth {
-            Some((user, pass)) => format!("http://{user}:{pass}@127.0.0.1:{}", self.addr.port()),
-            None => format!("http://127.0.0.1:{}", self.addr.port()),
+            Some((user, pass)) => format!("{scheme}://{user}:{pass}@127.0.0.1:{port}"),
+            None => format!("{scheme}://127.0.0.1:{port}"),
         }
     }
 
@@ -94,8 +128,8 @@ impl Drop for ConnectProxy {
     }
 }
 
-async fn tunnel(
-    client: TcpStream,
+async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    client: S,
     expected_auth: Option<String>,
     seen: Arc<Mutex<Seen>>,
     mut broken: watch::Receiver<u64>,

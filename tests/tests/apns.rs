@@ -519,6 +519,33 @@ async fn proxy_with_basic_auth_carries_apns_and_recovers_from_broken_tunnels() {
     assert!(!gw.logs().contains("s3cret"), "proxy credentials logged");
 }
 
+/// An `https://` proxy: TLS to the proxy, then APNs' own TLS and HTTP/2 inside the tunnel.
+#[tokio::test]
+async fn apns_through_a_proxy_spoken_to_over_tls() {
+    let apns = FakeApns::start(false).await;
+    let proxy =
+        ConnectProxy::start_tls(Some(("user", "s3cret")), apns.pki.server_config(&[])).await;
+    assert!(proxy.url().starts_with("https://"), "{}", proxy.url());
+    let gw = Gateway::builder(&token_app(&apns, ""))
+        .extra_yaml(&format!("proxy: {}", proxy.url()))
+        .env("SSL_CERT_FILE", apns.pki.ca_file())
+        .start()
+        .await;
+    let (pushkey, hex) = token(125);
+    assert_eq!(
+        gw.notify(notification(vec![device(&pushkey)], json!({})))
+            .await,
+        (200, json!({"rejected": []})),
+        "{}",
+        gw.logs()
+    );
+    let target = format!("localhost:{}", apns.server.addr.port());
+    assert_eq!(proxy.tunnels(), [target]);
+    assert_eq!(proxy.rejected_auth(), 0);
+    assert_eq!(apns.received_for(&hex).len(), 1);
+    assert!(!gw.logs().contains("s3cret"), "proxy password logged");
+}
+
 #[tokio::test]
 async fn wrong_proxy_credentials_fail_the_push() {
     let apns = FakeApns::start(false).await;

@@ -369,21 +369,38 @@ async fn v1_through_the_https_proxy_environment_variable() {
     push_through_proxy(ProxySetting::Environment).await;
 }
 
+/// An `https://` proxy: TLS to the proxy (trusted like any server), then TLS to FCM inside
+/// the tunnel, for the token fetch and the push alike.
+#[tokio::test]
+async fn v1_through_a_proxy_spoken_to_over_tls() {
+    push_through_proxy(ProxySetting::ConfigOverTls).await;
+}
+
 enum ProxySetting {
     /// The config's `proxy` key.
     Config,
     /// `HTTPS_PROXY`, used when the config has no `proxy`.
     Environment,
+    /// The config's `proxy` key, naming an `https://` proxy.
+    ConfigOverTls,
 }
 
 async fn push_through_proxy(setting: ProxySetting) {
     let pki = sygnal_tests::tls::TestPki::new();
     let up = Upstream::tls(&pki).await;
-    let proxy = sygnal_tests::proxy::ConnectProxy::start(Some(("proxyuser", "proxy-pass"))).await;
+    let auth = Some(("proxyuser", "proxy-pass"));
+    let proxy = match setting {
+        ProxySetting::ConfigOverTls => {
+            sygnal_tests::proxy::ConnectProxy::start_tls(auth, pki.server_config(&[])).await
+        }
+        _ => sygnal_tests::proxy::ConnectProxy::start(auth).await,
+    };
     let proxy_url = proxy.url();
     let builder = Gateway::builder(&up.v1_app("")).env("SSL_CERT_FILE", pki.ca_file());
     let builder = match setting {
-        ProxySetting::Config => builder.extra_yaml(&format!("proxy: {proxy_url}")),
+        ProxySetting::Config | ProxySetting::ConfigOverTls => {
+            builder.extra_yaml(&format!("proxy: {proxy_url}"))
+        }
         ProxySetting::Environment => builder.env("HTTPS_PROXY", &proxy_url),
     };
     let gateway = builder.start().await;
