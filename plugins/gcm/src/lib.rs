@@ -7,6 +7,7 @@
 //! - [`transport`]: requests, retries, `max_connections`, metrics.
 
 pub mod config;
+pub mod data;
 pub mod oauth;
 pub mod payload;
 pub mod response;

@@ -4,8 +4,10 @@
 //! for v1 every data value is a string (FCM v1's `data` is a `map<string, string>` and refuses
 //! anything else), including values taken from a pusher's `default_payload`.
 
+use crate::data::{DataValue, FcmData};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::borrow::Cow;
 use sygnal_plugin_api::text::{shave_longest, truncate_with_ellipsis};
 use sygnal_plugin_api::{Device, JsonObject, Notification};
 
@@ -40,9 +42,9 @@ pub enum ApiVersion {
 
 /// What building the data came to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Data {
+pub enum Data<'a> {
     /// Send this.
-    Send(JsonObject),
+    Send(FcmData<'a>),
     /// Nothing worth sending (a badge-only update without counts): skip, reject nothing.
     Nothing,
     /// The pusher's `default_payload` is not an object: reject its pushkey, as Sygnal does.
@@ -68,19 +70,23 @@ const TEXT_FIELDS: [&str; 5] = [
     "membership",
 ];
 
-/// Builds the `data` for `device` from `notification`.
-pub fn build_data(
-    notification: &Notification,
-    device: &Device,
+/// Builds the `data` for `device` from `notification`, borrowing from both.
+pub fn build_data<'a>(
+    notification: &'a Notification,
+    device: &'a Device,
     api: ApiVersion,
     send_badge_counts: bool,
-) -> Data {
-    let mut data = JsonObject::new();
+) -> Data<'a> {
+    let mut data = FcmData::default();
     let mut overflowed = 0;
 
     match device.data_value("default_payload") {
         None => {}
-        Some(Value::Object(default)) => data.extend(default.clone()),
+        Some(Value::Object(default)) => {
+            for (key, value) in default {
+                data.insert(key.as_str(), DataValue::Json(Cow::Borrowed(value)));
+            }
+        }
         // Sygnal rejects any other value, `null` included.
         Some(_) => return Data::BadDefaultPayload,
     }
@@ -89,7 +95,7 @@ pub fn build_data(
         let value = match field {
             "content" => {
                 if let Some(content) = &notification.content {
-                    data.insert("content".into(), Value::Object(content.clone()));
+                    data.insert("content", DataValue::Content(Cow::Borrowed(content)));
                 }
                 continue;
             }
@@ -103,17 +109,19 @@ pub fn build_data(
             _ => &notification.room_id,
         };
         if let Some(text) = value {
-            data.insert(field.into(), truncated(text, &mut overflowed));
+            data.insert(field, truncated(text, &mut overflowed));
         }
     }
 
     if api == ApiVersion::V1 {
         // Whatever `content` ended up in the data (the notification's, or default_payload's)
         // becomes content_<key> for its string values; the object itself cannot be sent.
-        if let Some(Value::Object(content)) = data.remove("content") {
+        // A `content` that is not an object is dropped: v1 has nothing to make of it.
+        let content = data.remove("content");
+        if let Some(content) = content.as_ref().and_then(borrowed_object) {
             for (key, value) in content {
                 if let Value::String(text) = value {
-                    let value = truncated(&text, &mut overflowed);
+                    let value = truncated(text, &mut overflowed);
                     data.insert(format!("content_{key}"), value);
                 }
             }
@@ -125,39 +133,34 @@ pub fn build_data(
     } else {
         "high"
     };
-    data.insert("prio".into(), prio.into());
+    data.insert("prio", DataValue::Text(Cow::Borrowed(prio)));
 
     // Every count present is sent, zero included: the badge-only update Synapse sends after a
     // read receipt (`unread: 0`) is what clears the badge. Sygnal 0.17 leaves zeros out, so
     // badges never clear; Sygnal 0.15 sent them, as this does.
-    let mut counts = Map::new();
-    if send_badge_counts {
-        let present = [
-            ("unread", notification.counts.unread),
-            ("missed_calls", notification.counts.missed_calls),
-        ];
-        for (name, count) in present {
-            if let Some(count) = count {
-                let value = match api {
-                    ApiVersion::Legacy => Value::from(count),
-                    ApiVersion::V1 => Value::from(count.to_string()),
-                };
-                counts.insert(name.to_owned(), value);
-            }
-        }
-    }
-
-    if !truthy(data.get("room_id")) && !truthy(data.get("event_id")) && counts.is_empty() {
+    let present = [
+        ("unread", notification.counts.unread),
+        ("missed_calls", notification.counts.missed_calls),
+    ];
+    let has_counts = send_badge_counts && present.iter().any(|(_, count)| count.is_some());
+    let truthy = |key: &str| data.get(key).is_some_and(DataValue::is_truthy);
+    if !truthy("room_id") && !truthy("event_id") && !has_counts {
         sygnal_plugin_api::tracing::info!(
             "notification is badge-only but has no badge counts to send: not sent \
              (check send_badge_counts if this is unexpected)"
         );
         return Data::Nothing;
     }
-    data.extend(counts);
+    if send_badge_counts {
+        for (name, count) in present {
+            if let Some(count) = count {
+                data.insert(name, DataValue::Count(count));
+            }
+        }
+    }
 
     if api == ApiVersion::V1 {
-        stringify_values(&mut data);
+        data.stringify_values();
     }
 
     if overflowed > MAX_OVERFLOW_FIELDS {
@@ -174,70 +177,41 @@ pub fn build_data(
 
 /// Shaves text fields (the notification's display texts and content strings, longest first)
 /// until `data` fits in [`MAX_DATA_BYTES`]; `Err` with the size reached when it cannot.
-fn fit(data: &mut JsonObject) -> Result<(), usize> {
+fn fit(data: &mut FcmData<'_>) -> Result<(), usize> {
     // Nearly every notification is far below the limit: a bound that reads the lengths decides
     // without writing the JSON out (it is written once more for the request).
-    if object_size_bound(data, 0) <= MAX_DATA_BYTES {
+    if data.size_bound() <= MAX_DATA_BYTES {
         return Ok(());
     }
     let size = json_size(&*data);
     if size <= MAX_DATA_BYTES {
         return Ok(());
     }
-    let mut texts: Vec<&mut String> = Vec::new();
-    for (key, value) in data.iter_mut() {
-        match value {
-            Value::String(text)
-                if TEXT_FIELDS.contains(&key.as_str()) || key.starts_with("content_") =>
-            {
-                texts.push(text)
-            }
-            // Legacy keeps `content` an object: its strings (body, formatted_body...) shave.
-            Value::Object(content) if key == "content" => {
-                texts.extend(content.values_mut().filter_map(|v| match v {
-                    Value::String(text) => Some(text),
-                    _ => None,
-                }));
-            }
-            _ => {}
-        }
-    }
+    let mut texts =
+        data.shavable_texts(|key| TEXT_FIELDS.contains(&key) || key.starts_with("content_"));
     match shave_longest(&mut texts, size - MAX_DATA_BYTES) {
         0 => Ok(()),
         left => Err(MAX_DATA_BYTES + left),
     }
 }
 
-/// `text` cut to [`MAX_BYTES_PER_FIELD`], counting cuts in `overflowed`.
-fn truncated(text: &str, overflowed: &mut usize) -> Value {
-    match truncate_with_ellipsis(text, MAX_BYTES_PER_FIELD) {
-        std::borrow::Cow::Borrowed(whole) => Value::String(whole.to_owned()),
-        std::borrow::Cow::Owned(cut) => {
-            *overflowed += 1;
-            Value::String(cut)
-        }
-    }
-}
-
-/// Python truthiness, which Sygnal's "anything to say?" check relies on.
-fn truthy(value: Option<&Value>) -> bool {
+/// The object `value` borrows from the notification or the pusher, if it is one (every value
+/// is borrowed until [`fit`] shaves it).
+fn borrowed_object<'a>(value: &DataValue<'a>) -> Option<&'a JsonObject> {
     match value {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
+        DataValue::Content(Cow::Borrowed(content)) => Some(content),
+        DataValue::Json(Cow::Borrowed(Value::Object(content))) => Some(content),
+        _ => None,
     }
 }
 
-/// Makes every value a string: strings stay, anything else becomes its JSON text.
-fn stringify_values(data: &mut JsonObject) {
-    for value in data.values_mut() {
-        if !value.is_string() {
-            *value = Value::String(value.to_string());
-        }
+/// `text` cut to [`MAX_BYTES_PER_FIELD`], counting cuts in `overflowed`.
+fn truncated<'a>(text: &'a str, overflowed: &mut usize) -> DataValue<'a> {
+    let text = truncate_with_ellipsis(text, MAX_BYTES_PER_FIELD);
+    if let Cow::Owned(_) = text {
+        *overflowed += 1;
     }
+    DataValue::Text(text)
 }
 
 /// The FCM priority for the notification's `prio`.
@@ -258,7 +232,7 @@ pub struct LegacyRequest<'a> {
     /// `fcm_options`; its `data`, `priority`, `to` and `registration_ids` are overridden.
     pub options: &'a JsonObject,
     /// The data built by [`build_data`].
-    pub data: &'a JsonObject,
+    pub data: &'a FcmData<'a>,
     /// `prio: low`.
     pub low_priority: bool,
     /// The recipients of this attempt (at least one).
@@ -291,7 +265,7 @@ pub struct V1Request<'a> {
     /// validation refuses anything else) gets the priority.
     pub options: &'a JsonObject,
     /// The data built by [`build_data`].
-    pub data: &'a JsonObject,
+    pub data: &'a FcmData<'a>,
     /// `prio: low`.
     pub low_priority: bool,
     /// The device's registration token.
@@ -351,38 +325,6 @@ impl Serialize for Android<'_> {
         map.serialize_entry("priority", self.priority)?;
         map.end()
     }
-}
-
-/// Nesting past which [`size_bound`] gives up (`usize::MAX`: the data is then measured).
-const MAX_BOUND_DEPTH: usize = 32;
-
-/// At least the size of `value`'s compact JSON, from the lengths of its strings.
-fn size_bound(value: &Value, depth: usize) -> usize {
-    if depth > MAX_BOUND_DEPTH {
-        return usize::MAX;
-    }
-    match value {
-        Value::Null => 4,
-        Value::Bool(_) => 5,
-        // The longest: a negative 19-digit integer, or a float like -2.2250738585072014e-308.
-        Value::Number(_) => 24,
-        // Quotes, and any byte escaped at most as \u00XX.
-        Value::String(text) => 6 * text.len() + 2,
-        Value::Array(items) => items.iter().fold(2, |size, item| {
-            size.saturating_add(size_bound(item, depth + 1))
-                .saturating_add(1)
-        }),
-        Value::Object(map) => object_size_bound(map, depth),
-    }
-}
-
-/// [`size_bound`] of an object.
-fn object_size_bound(map: &JsonObject, depth: usize) -> usize {
-    map.iter().fold(2, |size, (key, value)| {
-        // The key's quotes and escapes, its colon and a comma.
-        size.saturating_add(6 * key.len() + 4)
-            .saturating_add(size_bound(value, depth + 1))
-    })
 }
 
 /// The size of `value`'s compact JSON, without building it.

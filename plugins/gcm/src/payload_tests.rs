@@ -25,9 +25,21 @@ fn full() -> Notification {
 
 fn sent(data: Data) -> JsonObject {
     match data {
-        Data::Send(data) => data,
+        Data::Send(data) => match serde_json::to_value(&data) {
+            Ok(Value::Object(data)) => data,
+            other => panic!("data written as {other:?}"),
+        },
         other => panic!("expected data to send, got {other:?}"),
     }
+}
+
+/// `map` as data, every value borrowed as it is.
+fn fcm_data(map: &JsonObject) -> FcmData<'_> {
+    let mut data = FcmData::default();
+    for (key, value) in map {
+        data.insert(key.as_str(), DataValue::Json(Cow::Borrowed(value)));
+    }
+    data
 }
 
 #[test]
@@ -212,6 +224,41 @@ fn data_is_shaved_to_fcm_size_limit_keeping_ids_whole() {
 }
 
 #[test]
+fn texts_from_default_payload_are_shaved_like_the_notification_s() {
+    let n = notification(json!({"event_id": "$e"}));
+    let pusher = device(json!({"default_payload": {
+        "sender_display_name": "p".repeat(3000),
+        "content": {"body": "q".repeat(3000), "n": 5},
+        "kept": 7,
+    }}));
+    let legacy = sent(build_data(&n, &pusher, ApiVersion::Legacy, true));
+    let size = serde_json::to_vec(&legacy).unwrap().len();
+    assert!(size <= MAX_DATA_BYTES, "{size} bytes");
+    let name = legacy["sender_display_name"].as_str().unwrap();
+    let body = legacy["content"]["body"].as_str().unwrap();
+    assert!(name.len() < 3000 && body.len() < 3000, "both shaved");
+    assert!(name.starts_with("ppp") && body.starts_with("qqq"));
+    assert_eq!(
+        (&legacy["content"]["n"], &legacy["kept"]),
+        (&json!(5), &json!(7))
+    );
+    // The pusher's own data is left as it was.
+    assert_eq!(
+        pusher.data_value("default_payload").unwrap()["content"]["body"]
+            .as_str()
+            .unwrap()
+            .len(),
+        3000
+    );
+
+    let v1 = sent(build_data(&n, &pusher, ApiVersion::V1, true));
+    assert!(serde_json::to_vec(&v1).unwrap().len() <= MAX_DATA_BYTES);
+    assert_eq!(v1["content_body"], format!("{}…", "q".repeat(1021)));
+    assert!(v1.get("content_n").is_none(), "only strings are flattened");
+    assert_eq!(v1["kept"], "7");
+}
+
+#[test]
 fn send_badge_counts_false_leaves_counts_out() {
     for api in [ApiVersion::Legacy, ApiVersion::V1] {
         let data = sent(build_data(&full(), &device(json!({})), api, false));
@@ -346,9 +393,10 @@ fn real_synapse_bodies() {
 
 fn legacy(options: &JsonObject, data: &JsonObject, low_priority: bool, keys: &[&str]) -> Value {
     let pushkeys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let data = fcm_data(data);
     let request = LegacyRequest {
         options,
-        data,
+        data: &data,
         low_priority,
         pushkeys: &pushkeys,
     };
@@ -384,9 +432,10 @@ fn legacy_body_merges_options_and_addresses_recipients() {
 }
 
 fn v1(options: &JsonObject, data: &JsonObject, low_priority: bool, token: &str) -> Value {
+    let data = fcm_data(data);
     let request = V1Request {
         options,
-        data,
+        data: &data,
         low_priority,
         token,
     };
@@ -432,8 +481,11 @@ fn the_size_bound_gives_up_on_deep_nesting_without_overflowing() {
     let Value::Object(data) = json!({ "content": deep }) else {
         unreachable!()
     };
-    assert_eq!(object_size_bound(&data, 0), usize::MAX);
+    assert_eq!(fcm_data(&data).size_bound(), usize::MAX);
     assert!(json_size(&data) < MAX_DATA_BYTES);
+    let mut content = FcmData::default();
+    content.insert("content", DataValue::Content(Cow::Borrowed(&data)));
+    assert_eq!(content.size_bound(), usize::MAX);
 }
 
 #[test]
@@ -473,10 +525,19 @@ mod properties {
 
         /// The shortcut that skips measuring small data never underestimates.
         #[test]
-        fn the_size_bound_is_never_below_the_size(value in any_json()) {
+        fn the_size_bound_is_never_below_the_size(
+            value in any_json(),
+            text in any::<String>(),
+            count in any::<u64>(),
+        ) {
             let mut map = JsonObject::new();
             map.insert("v".to_owned(), value);
-            prop_assert!(object_size_bound(&map, 0) >= json_size(&map));
+            let mut data = super::fcm_data(&map);
+            prop_assert!(data.size_bound() >= json_size(&data));
+            data.insert(text.clone(), DataValue::Text(Cow::Borrowed(&text)));
+            data.insert("count", DataValue::Count(count));
+            data.insert("content", DataValue::Content(Cow::Borrowed(&map)));
+            prop_assert!(data.size_bound() >= json_size(&data));
         }
 
         /// Whatever the host accepts: no panic, and the data sent is within FCM's limit, all
@@ -489,7 +550,9 @@ mod properties {
                     let size = serde_json::to_vec(&data).unwrap().len();
                     prop_assert!(size <= MAX_DATA_BYTES, "{api:?}: {size} bytes");
                     if api == ApiVersion::V1 {
-                        prop_assert!(data.values().all(Value::is_string));
+                        let written = serde_json::to_value(&data).unwrap();
+                        let values = written.as_object().unwrap().values();
+                        prop_assert!(values.clone().all(Value::is_string), "{written}");
                         let request = V1Request {
                             options: &JsonObject::new(),
                             data: &data,

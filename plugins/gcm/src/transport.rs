@@ -1,6 +1,7 @@
 //! Sending to FCM: the legacy batch request, v1's per-device requests, retries, the
 //! `max_connections` limit and Sygnal's metrics.
 
+use crate::data::FcmData;
 use crate::oauth::TokenSource;
 use crate::payload::{self, ApiVersion, Data, LegacyRequest, V1Request};
 use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome, V1Outcome};
@@ -224,7 +225,7 @@ impl Transport {
     /// Sends `body` to one batch of `pushkeys`; returns the rejected ones.
     async fn send_legacy_batch(
         &self,
-        data: &JsonObject,
+        data: &FcmData<'_>,
         low_priority: bool,
         pushkeys: Vec<String>,
         authorization: &HeaderValue,
