@@ -243,19 +243,22 @@ impl Transport {
         let outcome = retry(&self.retry, |try_number| {
             let progress = &progress;
             async move {
-                let pending = lock(progress).pending.clone();
-                info!(
-                    try_number,
-                    devices = pending.len(),
-                    "sending to FCM (legacy)"
-                );
-                let request = LegacyRequest {
-                    options: &self.fcm_options,
-                    data,
-                    low_priority,
-                    pushkeys: &pending,
+                // Tries run one at a time: what is pending stays as it was while one waits.
+                let body = {
+                    let progress = lock(progress);
+                    info!(
+                        try_number,
+                        devices = progress.pending.len(),
+                        "sending to FCM (legacy)"
+                    );
+                    encode(&LegacyRequest {
+                        options: &self.fcm_options,
+                        data,
+                        low_priority,
+                        pushkeys: &progress.pending,
+                    })
                 };
-                let response = match self.post(url, authorization.clone(), &request).await {
+                let response = match self.post(url, authorization.clone(), body).await {
                     Ok(response) => response,
                     Err(reason) => {
                         return Ok(Attempt::Retry {
@@ -264,9 +267,9 @@ impl Transport {
                         })
                     }
                 };
-                match classify_legacy(response.status, &response.body, &pending) {
+                let mut progress = lock(progress);
+                match classify_legacy(response.status, &response.body, &progress.pending) {
                     LegacyOutcome::Processed { rejected, retry } => {
-                        let mut progress = lock(progress);
                         progress.rejected.extend(rejected);
                         progress.pending = retry;
                         if progress.pending.is_empty() {
@@ -366,7 +369,10 @@ impl Transport {
                     Err(err) => return Err(PushError::permanent(err.message)),
                 };
                 info!(try_number, pushkey = %hint(), "sending to FCM (v1)");
-                let response = match self.post(url, token.authorization().clone(), body).await {
+                let response = match self
+                    .post(url, token.authorization().clone(), encode(body))
+                    .await
+                {
                     Ok(response) => response,
                     Err(reason) => {
                         return Ok(Attempt::Retry {
@@ -401,15 +407,15 @@ impl Transport {
         .await
     }
 
-    /// POSTs `body` as JSON, waiting for a connection slot first; a transport failure is `Err`.
+    /// POSTs `body` (JSON, see [`encode`]), waiting for a connection slot first; a transport
+    /// failure is `Err`.
     async fn post(
         &self,
         url: &Uri,
         authorization: HeaderValue,
-        body: &impl serde::Serialize,
+        body: Result<Vec<u8>, String>,
     ) -> Result<Response, String> {
-        let body =
-            serde_json::to_vec(body).map_err(|err| format!("cannot encode the request: {err}"))?;
+        let body = body?;
 
         // Held (and counted as active) until the answer is read.
         let _slot = self.slots.acquire().await?;
@@ -470,6 +476,14 @@ impl Transport {
 }
 
 /// Locks `mutex`, ignoring poisoning: the guarded data stays consistent between statements.
+/// `body` as JSON, in a buffer sized for a usual FCM request so that writing it rarely grows it.
+fn encode(body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
+    let mut json = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut json, body)
+        .map_err(|err| format!("cannot encode the request: {err}"))?;
+    Ok(json)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
