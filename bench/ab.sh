@@ -21,9 +21,7 @@ BIN_A=$1 BIN_B=$2 ROUNDS="${3:-5}"
 CONNS="${CONNS:-64}"
 DURATION="${DURATION:-6}"
 SCENARIO="${SCENARIO:-fcm-legacy}"
-for v in CONNS DURATION ROUNDS; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive_integers CONNS DURATION ROUNDS
 case "$SCENARIO" in fcm-legacy | fcm-v1) ;; *) die "SCENARIO must be fcm-legacy or fcm-v1" ;; esac
 for bin in "$BIN_A" "$BIN_B"; do [ -x "$bin" ] || die "not an executable: $bin"; done
 # The gateway starts in $WORK: the binaries' paths must not be relative.

@@ -21,9 +21,7 @@ set -euo pipefail
 CONNS="${CONNS:-64}"
 WARMUP="${WARMUP:-2}"
 DURATION="${DURATION:-5}"
-for v in CONNS WARMUP DURATION; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive_integers CONNS WARMUP DURATION
 case "${SCENARIO:=fcm-legacy}" in fcm-legacy | fcm-v1) ;; *) die "SCENARIO must be fcm-legacy or fcm-v1 (got '$SCENARIO')" ;; esac
 
 bench_init

@@ -25,6 +25,12 @@ CHILD_PIDS=""
 
 say() { echo "$(basename "$0"): $*" >&2; }
 die() { echo "FAIL: $*"; exit 1; }
+require_positive_integers() {  # $@ = names of variables that must hold whole numbers > 0
+  local v
+  for v in "$@"; do
+    [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+  done
+}
 
 # --- processes ------------------------------------------------------------------------------
 tree_pids() {  # $@ = root pids -> the live ones and all their descendants, space separated

@@ -20,9 +20,7 @@ CONNS="${CONNS:-64}"
 WARMUP="${WARMUP:-3}"
 DURATION="${DURATION:-10}"
 FREQ="${FREQ:-250}"
-for v in CONNS WARMUP DURATION FREQ; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive_integers CONNS WARMUP DURATION FREQ
 
 bench_init
 ensure_packages perf:linux-perf

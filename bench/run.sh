@@ -51,9 +51,7 @@ SCENARIOS="${*:-$ALL_SCENARIOS}"
 for s in $SCENARIOS; do
   [[ " $ALL_SCENARIOS " == *" $s "* ]] || die "unknown scenario '$s' (known: $ALL_SCENARIOS)"
 done
-for v in DURATION WARMUP ROUNDS SLOW_CONNS IDLE_WAIT_S RETRIES; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive_integers DURATION WARMUP ROUNDS SLOW_CONNS IDLE_WAIT_S RETRIES
 
 bench_init
 ensure_packages

@@ -29,9 +29,7 @@ SAMPLE_S="${SAMPLE_S:-2}"
 WARMUP_FRACTION="${WARMUP_FRACTION:-0.1}"
 RSS_GROWTH_MB="${RSS_GROWTH_MB:-5}"
 FD_GROWTH="${FD_GROWTH:-16}"
-for v in TOTAL CONNS CHUNK_S MAX_S SAMPLE_S FD_GROWTH; do
-  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
-done
+require_positive_integers TOTAL CONNS CHUNK_S MAX_S SAMPLE_S FD_GROWTH
 
 bench_init
 ensure_packages gnuplot:gnuplot-nox
