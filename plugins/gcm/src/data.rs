@@ -42,15 +42,6 @@ impl DataValue<'_> {
             DataValue::Count(count) => *count != 0,
         }
     }
-
-    /// The object this value is, if it is one.
-    pub fn as_object(&self) -> Option<&JsonObject> {
-        match self {
-            DataValue::Content(content) => Some(content),
-            DataValue::Json(value) => value.as_object(),
-            _ => None,
-        }
-    }
 }
 
 /// The data: keys in the order JSON objects are written here (sorted, as `serde_json::Map`).
@@ -73,11 +64,6 @@ impl<'a> FcmData<'a> {
     /// What `key` holds.
     pub fn get(&self, key: &str) -> Option<&DataValue<'a>> {
         self.entries.get(key)
-    }
-
-    /// The keys, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(|key| key.as_ref())
     }
 
     /// Makes every value a string: strings stay, anything else becomes its JSON text.
@@ -168,7 +154,7 @@ impl Serialize for FcmData<'_> {
 }
 
 /// Nesting past which the size bound gives up (`usize::MAX`: the data is then measured).
-pub const MAX_BOUND_DEPTH: usize = 32;
+const MAX_BOUND_DEPTH: usize = 32;
 
 /// A string's JSON at its longest: quotes, and any byte escaped at most as \u00XX.
 fn string_bound(text: &str) -> usize {
@@ -176,7 +162,7 @@ fn string_bound(text: &str) -> usize {
 }
 
 /// At least the size of `value`'s compact JSON, from the lengths of its strings.
-pub fn value_size_bound(value: &Value, depth: usize) -> usize {
+fn value_size_bound(value: &Value, depth: usize) -> usize {
     if depth > MAX_BOUND_DEPTH {
         return usize::MAX;
     }
@@ -195,7 +181,7 @@ pub fn value_size_bound(value: &Value, depth: usize) -> usize {
 }
 
 /// [`value_size_bound`] of an object.
-pub fn object_size_bound(map: &JsonObject, depth: usize) -> usize {
+fn object_size_bound(map: &JsonObject, depth: usize) -> usize {
     if depth > MAX_BOUND_DEPTH {
         return usize::MAX;
     }
