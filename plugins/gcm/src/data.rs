@@ -117,7 +117,7 @@ impl<'a> FcmData<'a> {
     }
 
     /// At least the size of the data's compact JSON, from the lengths of its strings
-    /// (`usize::MAX` past [`MAX_BOUND_DEPTH`] levels of nesting).
+    /// (`usize::MAX` past 32 levels of nesting: the data is then measured).
     pub fn size_bound(&self) -> usize {
         self.entries.iter().fold(2, |size, (key, value)| {
             let value = match value {

@@ -475,7 +475,6 @@ impl Transport {
     }
 }
 
-/// Locks `mutex`, ignoring poisoning: the guarded data stays consistent between statements.
 /// `body` as JSON, in a buffer sized for a usual FCM request so that writing it rarely grows it.
 fn encode(body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
     let mut json = Vec::with_capacity(1024);
@@ -484,6 +483,7 @@ fn encode(body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
     Ok(json)
 }
 
+/// Locks `mutex`, ignoring poisoning: the guarded data stays consistent between statements.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
