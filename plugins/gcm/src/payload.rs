@@ -128,11 +128,7 @@ pub fn build_data<'a>(
         }
     }
 
-    let prio = if notification.is_low_priority() {
-        "normal"
-    } else {
-        "high"
-    };
+    let prio = priority(notification.is_low_priority());
     data.insert("prio", DataValue::Text(Cow::Borrowed(prio)));
 
     // Every count present is sent, zero included: the badge-only update Synapse sends after a
