@@ -6,18 +6,21 @@ use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
 use crate::otel;
-use crate::server::BodyRefused;
+use crate::server::{BodyRefused, DirectRoute};
 use arc_swap::ArcSwap;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tower::util::service_fn;
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Bodies over this are refused with 413.
@@ -206,6 +209,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `POST /notify` answered in front of the router (see [`DirectRoute`]), by the same
+/// handler, its extractors and its body limit.
+pub fn direct_notify(state: Arc<AppState>) -> DirectRoute {
+    let limited =
+        DefaultBodyLimit::max(MAX_BODY_BYTES).layer(service_fn(move |request: Request<Body>| {
+            let state = Arc::clone(&state);
+            async move {
+                let (mut parts, body) = request.into_parts();
+                let Ok(caller) = otel::Incoming::from_request_parts(&mut parts, &()).await;
+                let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
+                Ok::<_, Infallible>(notify(State(state), caller, body).await)
+            }
+        }));
+    DirectRoute {
+        method: Method::POST,
+        path: NOTIFY_PATH,
+        answer: Box::new(move |request| {
+            let answer = limited.clone().call(request);
+            Box::pin(async move {
+                let Ok(response) = answer.await;
+                response
+            })
+        }),
+    }
 }
 
 fn error(status: StatusCode, errcode: &str, message: &str) -> Response {
@@ -407,6 +436,53 @@ mod tests {
                 format!("{instance:08x}-{counter}")
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_direct_route_answers_as_the_router_does() {
+        use tower::ServiceExt as _;
+        let state = Arc::new(AppState::new(AppTable::new(vec![])).unwrap());
+        let direct = direct_notify(Arc::clone(&state));
+        let device = r#"{"app_id":"com.example.unknown","pushkey":"spqr"}"#;
+        let over_the_limit = format!(
+            r#"{{"notification":{{"devices":[{device}],"content":{{"body":"{}"}}}}}}"#,
+            "x".repeat(MAX_BODY_BYTES)
+        );
+        let bodies = [
+            format!(r#"{{"notification":{{"devices":[{device}]}}}}"#),
+            "not json".to_owned(),
+            r#"{"notification":{"devices":[]}}"#.to_owned(),
+            r#"{"other":1}"#.to_owned(),
+            over_the_limit,
+        ];
+        let request = |body: &str| {
+            Request::post(NOTIFY_PATH)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_owned()))
+                .unwrap()
+        };
+        let read = |response: Response| async move {
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            (status, body)
+        };
+        let mut statuses = Vec::new();
+        for body in &bodies {
+            let routed = read(
+                router(Arc::clone(&state))
+                    .oneshot(request(body))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert!(direct.matches(&request(body)));
+            let direct = read((direct.answer)(request(body)).await).await;
+            assert_eq!(direct, routed, "{}", &body[..body.len().min(80)]);
+            statuses.push(direct.0.as_u16());
+        }
+        assert_eq!(statuses, [200, 400, 400, 400, 413]);
     }
 
     #[tokio::test]

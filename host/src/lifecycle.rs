@@ -238,13 +238,22 @@ impl Servers {
             tracing::info!(address = ?listener.local_addr().ok(), "push gateway listening");
         }
         let router = api::router(Arc::clone(state));
-        let api = Server::start("api", api, router, limits.clone(), Some(access_log));
+        let direct = api::direct_notify(Arc::clone(state));
+        let api = Server::start(
+            "api",
+            api,
+            router,
+            Some(direct),
+            limits.clone(),
+            Some(access_log),
+        );
         let metrics = metrics.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "prometheus metrics listening");
             Server::start(
                 "metrics",
                 vec![listener],
                 api::metrics_router(),
+                None,
                 limits,
                 None,
             )

@@ -34,6 +34,9 @@ use crate::access_log::AccessLog;
 use crate::config::HttpConfig;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::throttle::Throttle;
+use axum::body::Body;
+use axum::http::{Method, Request};
+use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
@@ -45,6 +48,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 pub use body::{refusal, BodyRefused};
+
+/// What a [`DirectRoute`] answers with.
+pub type DirectAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+
+/// One method and exact path answered without going through the router: the gateway's hot
+/// path, `POST /notify`, where the router's work per request (path matching, a boxed service
+/// and future per layer) was a few percent of a notification's CPU. The router keeps the same
+/// route, so it stays the complete definition of the API.
+pub struct DirectRoute {
+    /// The method answered.
+    pub method: Method,
+    /// The path answered, exactly.
+    pub path: &'static str,
+    /// Answers a matching request (its body already watched like the router's requests).
+    pub answer: Box<dyn Fn(Request<Body>) -> DirectAnswer + Send + Sync>,
+}
+
+impl DirectRoute {
+    /// Whether `request` is one this route answers.
+    pub fn matches<B>(&self, request: &Request<B>) -> bool {
+        request.method() == self.method && request.uri().path() == self.path
+    }
+}
 
 /// The limits one server enforces.
 #[derive(Debug, Clone)]
@@ -97,6 +123,7 @@ struct Shared {
     name: &'static str,
     limits: Limits,
     router: Router,
+    direct: Option<DirectRoute>,
     builder: auto::Builder<TokioExecutor>,
     open: AtomicUsize,
     all_closed: Notify,
@@ -163,12 +190,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves `router` on `listeners`. `name` (`api`, `metrics`) labels logs and metrics;
-    /// with `access_log`, every request answered is logged on `sygnal.access`.
+    /// Serves `router` on `listeners`, and `direct` in front of it. `name` (`api`, `metrics`)
+    /// labels logs and metrics; with `access_log`, every request answered is logged on
+    /// `sygnal.access`.
     pub fn start(
         name: &'static str,
         listeners: Vec<TcpListener>,
         router: Router,
+        direct: Option<DirectRoute>,
         limits: Limits,
         access_log: Option<AccessLog>,
     ) -> Server {
@@ -179,6 +208,7 @@ impl Server {
             name,
             limits,
             router,
+            direct,
             builder,
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),

@@ -7,10 +7,11 @@
 //! and reads the clock only when they changed.
 
 use super::body::{BodyBudget, TimedBody};
-use super::{OpenConnection, Shared};
+use super::{DirectAnswer, OpenConnection, Shared};
+use axum::body::Body;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use futures_util::future::Either;
+use futures_util::future::{Either, FutureExt as _, Map};
 use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
@@ -339,7 +340,10 @@ struct ConnService {
     peer: IpAddr,
 }
 
-type Answer = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
+/// The direct route's answer, as the router's.
+type Direct = Map<DirectAnswer, fn(Response) -> Result<Response, Infallible>>;
+
+type Answer = Either<Either<RouteFuture<Infallible>, Direct>, Ready<Result<Response, Infallible>>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response;
@@ -372,10 +376,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let body_timeout = self.shared.limits.body_timeout;
         let request = request.map(|body| TimedBody::new(body, &self.state, body_timeout, !http1));
-        let mut router = self.router.clone();
-        let future = tower_service::Service::call(&mut router, request);
+        let inner = match &self.shared.direct {
+            Some(direct) if direct.matches(&request) => {
+                Either::Right((direct.answer)(request.map(Body::new)).map(Ok as fn(_) -> _))
+            }
+            _ => {
+                let mut router = self.router.clone();
+                Either::Left(tower_service::Service::call(&mut router, request))
+            }
+        };
         Tracked {
-            inner: Either::Left(future),
+            inner: Either::Left(inner),
             guard,
             http1,
             access,
