@@ -21,6 +21,9 @@ pub struct Labels {
     rendered: String,
     /// The label names, comma-separated (values may contain anything, names cannot).
     names: String,
+    /// One of the names is `le` (reserved for histogram buckets): known here so that reporting
+    /// a histogram does not look through the names every time.
+    has_le: bool,
     problem: Option<String>,
 }
 
@@ -55,6 +58,7 @@ impl Labels {
             self.names.push(',');
         }
         self.names.push_str(name);
+        self.has_le |= name == "le";
         let _ = write!(self.rendered, "{name}=\"");
         for c in value.chars() {
             match c {
@@ -82,19 +86,35 @@ impl Labels {
     }
 }
 
+/// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`. By bytes: every metric update checks its
+/// name, and a non-ASCII character fails either way.
+fn is_metric_name(name: &str) -> bool {
+    match name.as_bytes().split_first() {
+        Some((first, rest)) => {
+            (first.is_ascii_alphabetic() || matches!(first, b'_' | b':'))
+                && rest
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b':'))
+        }
+        None => false,
+    }
+}
+
 /// Why `name` is not a usable Prometheus metric name, if it is not.
 pub fn metric_name_problem(name: &str) -> Option<String> {
-    let mut chars = name.chars();
-    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
-    (!valid).then(|| format!("`{name}` is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
+    (!is_metric_name(name))
+        .then(|| format!("`{name}` is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
 }
 
 /// Why `name` is not a usable Prometheus label name, if it is not.
 pub fn label_name_problem(name: &str) -> Option<String> {
-    let mut chars = name.chars();
-    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let valid = match name.as_bytes().split_first() {
+        Some((first, rest)) => {
+            (first.is_ascii_alphabetic() || *first == b'_')
+                && rest.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        }
+        None => false,
+    };
     if !valid {
         Some(format!(
             "`{name}` is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
@@ -123,7 +143,7 @@ fn report_problem(op: MetricOp, name: &str, labels: &Labels, value: f64) -> Opti
         MetricOp::CounterAdd if value < 0.0 => {
             Some(format!("counters only go up: cannot add {value}"))
         }
-        MetricOp::HistogramObserve if labels.names().any(|label| label == "le") => {
+        MetricOp::HistogramObserve if labels.has_le => {
             Some("`le` is reserved for histogram buckets".to_owned())
         }
         _ => None,
@@ -238,6 +258,25 @@ impl Drop for GaugeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_follow_the_prometheus_grammar() {
+        for valid in ["a", "_", ":x", "a:b_c9", "sygnal_gcm_request_time", "Z9"] {
+            assert_eq!(metric_name_problem(valid), None, "{valid}");
+        }
+        for valid in ["a", "_x", "code", "Z9"] {
+            assert_eq!(label_name_problem(valid), None, "{valid}");
+        }
+        for invalid in ["", "9a", "a-b", "é", "aé", "a b", "a\u{0}"] {
+            assert!(metric_name_problem(invalid).is_some(), "{invalid}");
+            assert!(label_name_problem(invalid).is_some(), "{invalid}");
+        }
+        for invalid in [":x", "a:b", "__x"] {
+            assert!(label_name_problem(invalid).is_some(), "{invalid}");
+        }
+        assert!(Labels::new(&[("code", "200"), ("le", "1")]).has_le);
+        assert!(!Labels::new(&[("code", "le")]).has_le);
+    }
 
     #[test]
     fn gauge_guards_add_and_take_back() {
