@@ -318,7 +318,9 @@ start_gateway() {
   local cfg=$1 t0 code healthy=0 deadline
   [ -x "$GATEWAY_BIN" ] || die "gateway binary not found: $GATEWAY_BIN"
   t0=$(date +%s%N)
-  (cd "$WORK" && SSL_CERT_FILE="$WORK/tls/ca.crt" exec "$GATEWAY_BIN" --config "$cfg") \
+  # GATEWAY_WRAPPER: words run before the binary (bench/instructions.sh: valgrind).
+  # shellcheck disable=SC2086
+  (cd "$WORK" && SSL_CERT_FILE="$WORK/tls/ca.crt" exec ${GATEWAY_WRAPPER:-} "$GATEWAY_BIN" --config "$cfg") \
     </dev/null >>"$WORK/gateway.log" 2>&1 9>&- &
   GW_PID=$!
   record_pids "$GW_PID"
