@@ -46,7 +46,7 @@ URL="http://127.0.0.1:$GW_PORT$NOTIFY_PATH"
 
 printf '%-3s %-8s %12s %16s  %s\n' run answered "Ir (M)" "Ir/notification" binary
 run=0
-for round in $(seq "$ROUNDS"); do
+for _ in $(seq "$ROUNDS"); do
   for bin in "${bins[@]}"; do
     run=$((run + 1))
     out="$OUTDIR/$run.out"
