@@ -6,7 +6,7 @@ use crate::dispatch::Failure;
 use crate::metrics::{label, registry, Kind, Series};
 use crate::notify::{parse, BadRequest};
 use crate::otel;
-use crate::server::{BodyRefused, DirectRoute};
+use crate::server::{BodyRefused, DirectAnswer, DirectRoute};
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +15,6 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,26 +213,23 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// `POST /notify` answered in front of the router (see [`DirectRoute`]), by the same
 /// handler, its extractors and its body limit.
 pub fn direct_notify(state: Arc<AppState>) -> DirectRoute {
-    let limited =
-        DefaultBodyLimit::max(MAX_BODY_BYTES).layer(service_fn(move |request: Request<Body>| {
+    // The answer is boxed where it is made and passed on as the box: the handler's future is
+    // large, and each wrapper around it would be another copy of it.
+    let limited = DefaultBodyLimit::max(MAX_BODY_BYTES).layer(service_fn(
+        move |request: Request<Body>| -> DirectAnswer {
             let state = Arc::clone(&state);
-            async move {
+            Box::pin(async move {
                 let (mut parts, body) = request.into_parts();
                 let Ok(caller) = otel::Incoming::from_request_parts(&mut parts, &()).await;
                 let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
-                Ok::<_, Infallible>(notify(State(state), caller, body).await)
-            }
-        }));
+                Ok(notify(State(state), caller, body).await)
+            })
+        },
+    ));
     DirectRoute {
         method: Method::POST,
         path: NOTIFY_PATH,
-        answer: Box::new(move |request| {
-            let answer = limited.clone().call(request);
-            Box::pin(async move {
-                let Ok(response) = answer.await;
-                response
-            })
-        }),
+        answer: Box::new(move |request| limited.clone().call(request)),
     }
 }
 
@@ -478,7 +474,8 @@ mod tests {
             )
             .await;
             assert!(direct.matches(&request(body)));
-            let direct = read((direct.answer)(request(body)).await).await;
+            let Ok(direct) = (direct.answer)(request(body)).await;
+            let direct = read(direct).await;
             assert_eq!(direct, routed, "{}", &body[..body.len().min(80)]);
             statuses.push(direct.0.as_u16());
         }

@@ -40,6 +40,7 @@ use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use std::convert::Infallible;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,8 +50,9 @@ use tokio::sync::{watch, Notify};
 
 pub use body::{refusal, BodyRefused};
 
-/// What a [`DirectRoute`] answers with.
-pub type DirectAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+/// What a [`DirectRoute`] answers with (as the router does: its error cannot happen).
+pub type DirectAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
 
 /// One method and exact path answered without going through the router: the gateway's hot
 /// path, `POST /notify`, where the router's work per request (path matching, a boxed service

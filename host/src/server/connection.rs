@@ -11,7 +11,7 @@ use super::{DirectAnswer, OpenConnection, Shared};
 use axum::body::Body;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use futures_util::future::{Either, FutureExt as _, Map};
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT};
@@ -340,10 +340,8 @@ struct ConnService {
     peer: IpAddr,
 }
 
-/// The direct route's answer, as the router's.
-type Direct = Map<DirectAnswer, fn(Response) -> Result<Response, Infallible>>;
-
-type Answer = Either<Either<RouteFuture<Infallible>, Direct>, Ready<Result<Response, Infallible>>>;
+type Answer =
+    Either<Either<RouteFuture<Infallible>, DirectAnswer>, Ready<Result<Response, Infallible>>>;
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response;
@@ -378,7 +376,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let request = request.map(|body| TimedBody::new(body, &self.state, body_timeout, !http1));
         let inner = match &self.shared.direct {
             Some(direct) if direct.matches(&request) => {
-                Either::Right((direct.answer)(request.map(Body::new)).map(Ok as fn(_) -> _))
+                Either::Right((direct.answer)(request.map(Body::new)))
             }
             _ => {
                 let mut router = self.router.clone();
