@@ -8,7 +8,7 @@ use crate::response::{classify_legacy, classify_v1, pushkey_hint, LegacyOutcome,
 use futures_util::future::join_all;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use sygnal_plugin_api::http::reqwest::{header, header::HeaderValue, Url};
+use sygnal_plugin_api::http::reqwest::{header, header::HeaderValue, Method, Url};
 use sygnal_plugin_api::http::{retry, retry_after, Attempt, RetryPolicy};
 use sygnal_plugin_api::http::{Bytes, DirectClient, Request, Uri};
 use sygnal_plugin_api::http::{ConnectionSlots, SlotMetrics};
@@ -421,25 +421,26 @@ impl Transport {
         let _slot = self.slots.acquire().await?;
 
         let started = Instant::now();
-        let mut request = Request::post(url.clone())
-            .header(header::AUTHORIZATION, authorization)
-            .header(header::CONTENT_TYPE, JSON);
+        // Built in place: the builder moves the whole request head on every header it adds.
+        let mut request = Request::new(Bytes::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::AUTHORIZATION, authorization);
+        headers.insert(header::CONTENT_TYPE, JSON);
         if self.fallback_user_agent {
-            request = request.header(header::USER_AGENT, HeaderValue::from_static("sygnal"));
+            headers.insert(header::USER_AGENT, HeaderValue::from_static("sygnal"));
         }
-        let result = match request.body(Bytes::from(body)) {
-            Ok(request) => self
-                .client
-                .send(request, MAX_RESPONSE_BYTES)
-                .await
-                .map(|response| Response {
-                    status: response.status().as_u16(),
-                    retry_after: retry_after(response.headers()),
-                    body: response.into_body(),
-                })
-                .map_err(|err| format!("FCM request failed: {err}")),
-            Err(err) => Err(format!("cannot build the request: {err}")),
-        };
+        let result = self
+            .client
+            .send(request, MAX_RESPONSE_BYTES)
+            .await
+            .map(|response| Response {
+                status: response.status().as_u16(),
+                retry_after: retry_after(response.headers()),
+                body: response.into_body(),
+            })
+            .map_err(|err| format!("FCM request failed: {err}"));
         self.metrics.histogram_observe(
             REQUEST_TIME.0,
             REQUEST_TIME.1,
