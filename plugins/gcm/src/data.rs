@@ -9,7 +9,6 @@
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use sygnal_plugin_api::JsonObject;
 
 /// One value of the data.
@@ -45,30 +44,52 @@ impl DataValue<'_> {
 }
 
 /// The data: keys in the order JSON objects are written here (sorted, as `serde_json::Map`).
+///
+/// A sorted vector rather than a tree: the data holds a dozen entries, built and dropped once
+/// per notification, and a tree's node handling cost more than the searches it saves.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FcmData<'a> {
-    entries: BTreeMap<Cow<'a, str>, DataValue<'a>>,
+    entries: Vec<(Cow<'a, str>, DataValue<'a>)>,
 }
 
+/// Entries a notification's data usually holds (Synapse's fields and counts).
+const USUAL_ENTRIES: usize = 16;
+
 impl<'a> FcmData<'a> {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|(existing, _)| existing.as_ref().cmp(key))
+    }
+
     /// Sets `key`, replacing what it held.
     pub fn insert(&mut self, key: impl Into<Cow<'a, str>>, value: DataValue<'a>) {
-        self.entries.insert(key.into(), value);
+        let key = key.into();
+        match self.find(&key) {
+            Ok(at) => self.entries[at].1 = value,
+            Err(at) => {
+                if self.entries.capacity() == 0 {
+                    self.entries.reserve_exact(USUAL_ENTRIES);
+                }
+                self.entries.insert(at, (key, value));
+            }
+        }
     }
 
     /// Takes `key` out.
     pub fn remove(&mut self, key: &str) -> Option<DataValue<'a>> {
-        self.entries.remove(key)
+        let at = self.find(key).ok()?;
+        Some(self.entries.remove(at).1)
     }
 
     /// What `key` holds.
     pub fn get(&self, key: &str) -> Option<&DataValue<'a>> {
-        self.entries.get(key)
+        let at = self.find(key).ok()?;
+        Some(&self.entries[at].1)
     }
 
     /// Makes every value a string: strings stay, anything else becomes its JSON text.
     pub fn stringify_values(&mut self) {
-        for value in self.entries.values_mut() {
+        for (_, value) in &mut self.entries {
             let text = match value {
                 DataValue::Text(_) => continue,
                 DataValue::Json(json) => match json {
@@ -95,7 +116,7 @@ impl<'a> FcmData<'a> {
             })
         }
         let mut texts = Vec::new();
-        for (key, value) in self.entries.iter_mut() {
+        for (key, value) in &mut self.entries {
             let text_field = is_text_field(key);
             let content = key == "content";
             match value {
