@@ -11,7 +11,8 @@
 use super::{error_chain, tls_config, ClientOptions};
 use crate::HostInfo;
 use bytes::Bytes;
-use http::header::{HeaderValue, USER_AGENT};
+use http::header::{HeaderValue, HOST, USER_AGENT};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -41,6 +42,44 @@ pub struct DirectClient {
     client: Client<Connector, Full<Bytes>>,
     request_timeout: Duration,
     user_agent: Option<HeaderValue>,
+    /// `Host` for plain-HTTP requests (HTTP/1.1 for certain), where hyper's client would
+    /// otherwise format it for every request; `None` when all requests are HTTP/2.
+    plain_http_host: Option<Arc<HostHeader>>,
+}
+
+/// The `Host` header of the authority last sent to.
+#[derive(Default)]
+struct HostHeader(std::sync::Mutex<Option<(Authority, HeaderValue)>>);
+
+impl HostHeader {
+    /// `Host` for `uri`, as hyper's client writes it: the host, and the port unless it is the
+    /// scheme's default.
+    fn for_uri(&self, uri: &Uri) -> Option<HeaderValue> {
+        let authority = uri.authority()?;
+        let mut last = self.0.lock().ok()?;
+        if let Some((last_authority, value)) = last.as_ref() {
+            if last_authority == authority {
+                return Some(value.clone());
+            }
+        }
+        let value = match uri.port_u16() {
+            Some(port) if port != default_port(uri) => {
+                HeaderValue::from_str(&format!("{}:{port}", uri.host()?))
+            }
+            _ => HeaderValue::from_str(uri.host()?),
+        }
+        .ok()?;
+        *last = Some((authority.clone(), value.clone()));
+        Some(value)
+    }
+}
+
+fn default_port(uri: &Uri) -> u16 {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    }
 }
 
 impl std::fmt::Debug for DirectClient {
@@ -83,6 +122,7 @@ impl DirectClient {
             client: builder.build(connector),
             request_timeout: options.request_timeout,
             user_agent,
+            plain_http_host: (!options.http2_only).then(Default::default),
         })
     }
 
@@ -101,6 +141,15 @@ impl DirectClient {
                 .headers_mut()
                 .entry(USER_AGENT)
                 .or_insert_with(|| agent.clone());
+        }
+        if let Some(hosts) = &self.plain_http_host {
+            if request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+                && !request.headers().contains_key(HOST)
+            {
+                if let Some(host) = hosts.for_uri(request.uri()) {
+                    request.headers_mut().insert(HOST, host);
+                }
+            }
         }
         let exchange = async {
             let response = self
@@ -365,6 +414,65 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("onnect"), "{err}");
         assert!(!err.contains("secret-device-token"), "{err}");
+    }
+
+    #[test]
+    fn host_headers_are_written_as_hyper_writes_them() {
+        let hosts = HostHeader::default();
+        for (uri, host) in [
+            ("http://fcm.example/send", "fcm.example"),
+            ("http://fcm.example:80/send", "fcm.example"),
+            ("http://fcm.example:8080/send", "fcm.example:8080"),
+            ("http://fcm.example:8080/other", "fcm.example:8080"),
+            ("https://fcm.example:443/send", "fcm.example"),
+            ("http://[::1]:8080/send", "[::1]:8080"),
+            ("http://fcm.example/again", "fcm.example"),
+        ] {
+            assert_eq!(hosts.for_uri(&uri.parse().unwrap()).unwrap(), host, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_http_requests_carry_their_host() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).await.unwrap();
+                    head.push(byte[0]);
+                }
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                heads.push(String::from_utf8(head).unwrap().to_lowercase());
+            }
+            heads
+        });
+        let client = client(Duration::from_secs(5));
+        client.send(get(addr), 10).await.unwrap();
+        let mut named = get(addr);
+        named
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_static("push.example"));
+        client.send(named, 10).await.unwrap();
+        let heads = heads.await.unwrap();
+        assert!(
+            heads[0].contains(&format!("\r\nhost: {addr}\r\n")),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1].contains("\r\nhost: push.example\r\n"),
+            "{}",
+            heads[1]
+        );
+        assert_eq!(heads[1].matches("host:").count(), 1, "{}", heads[1]);
     }
 
     #[test]
