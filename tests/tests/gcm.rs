@@ -40,12 +40,13 @@ impl Upstream {
 
     /// A fake FCM and token endpoint over TLS (HTTP/2 or 1.1), trusting `pki`'s CA.
     async fn tls(pki: &sygnal_tests::tls::TestPki) -> Self {
+        Self::tls_offering(pki, &[b"h2", b"http/1.1"]).await
+    }
+
+    /// A fake FCM and token endpoint over TLS offering the `alpn` protocols.
+    async fn tls_offering(pki: &sygnal_tests::tls::TestPki, alpn: &[&[u8]]) -> Self {
         let fake = Fake::new();
-        let server = serve_tls(
-            fake_fcm::router(Arc::clone(&fake)),
-            pki.server_config(&[b"h2", b"http/1.1"]),
-        )
-        .await;
+        let server = serve_tls(fake_fcm::router(Arc::clone(&fake)), pki.server_config(alpn)).await;
         Self::with(fake, server)
     }
 

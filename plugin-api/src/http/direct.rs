@@ -8,11 +8,11 @@
 //! about a seventh of the gateway's CPU per notification (BENCHMARKS.md). Requests that are not
 //! per notification (an OAuth token fetch) can keep [`build_client`](super::build_client).
 
+use super::h1::{H1Pool, Sent};
 use super::{error_chain, tls_config, ClientOptions};
 use crate::HostInfo;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, USER_AGENT};
-use http::uri::Authority;
+use http::header::{HeaderValue, USER_AGENT};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -34,52 +34,22 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 /// A TCP connection to the upstream, or a tunnel to it through the proxy (itself plain or TLS).
 type Hop = MaybeHttpsStream<TokioIo<TcpStream>>;
 
+/// A connection to the upstream: TLS or not, over a [`Hop`].
+pub(super) type Stream = MaybeHttpsStream<Hop>;
+
 /// A pooled HTTP/1.1 and HTTP/2 client (HTTP/2 when the upstream's TLS offers it, or only
 /// HTTP/2 with [`ClientOptions::http2_only`]) honouring the host's proxy, trust roots and user
-/// agent, as [`build_client`](super::build_client) does. Cloning shares the pool.
+/// agent, as [`build_client`](super::build_client) does. HTTP/2 goes through hyper's pool,
+/// HTTP/1.1 through connections each request drives itself (see the `h1` module). Cloning
+/// shares the pools.
 #[derive(Clone)]
 pub struct DirectClient {
     client: Client<Connector, Full<Bytes>>,
+    /// HTTP/1.1 origins are sent to here; `None` when all requests are HTTP/2.
+    h1: Option<Arc<H1Pool>>,
+    connector: Connector,
     request_timeout: Duration,
     user_agent: Option<HeaderValue>,
-    /// `Host` for plain-HTTP requests (HTTP/1.1 for certain), where hyper's client would
-    /// otherwise format it for every request; `None` when all requests are HTTP/2.
-    plain_http_host: Option<Arc<HostHeader>>,
-}
-
-/// The `Host` header of the authority last sent to.
-#[derive(Default)]
-struct HostHeader(std::sync::Mutex<Option<(Authority, HeaderValue)>>);
-
-impl HostHeader {
-    /// `Host` for `uri`, as hyper's client writes it: the host, and the port unless it is the
-    /// scheme's default.
-    fn for_uri(&self, uri: &Uri) -> Option<HeaderValue> {
-        let authority = uri.authority()?;
-        let mut last = self.0.lock().ok()?;
-        if let Some((last_authority, value)) = last.as_ref() {
-            if last_authority == authority {
-                return Some(value.clone());
-            }
-        }
-        let value = match uri.port_u16() {
-            Some(port) if port != default_port(uri) => {
-                HeaderValue::from_str(&format!("{}:{port}", uri.host()?))
-            }
-            _ => HeaderValue::from_str(uri.host()?),
-        }
-        .ok()?;
-        *last = Some((authority.clone(), value.clone()));
-        Some(value)
-    }
-}
-
-fn default_port(uri: &Uri) -> u16 {
-    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-        443
-    } else {
-        80
-    }
 }
 
 impl std::fmt::Debug for DirectClient {
@@ -102,6 +72,7 @@ impl DirectClient {
             tls: HttpsConnector::from((route, tls)),
             timeout: options.connect_timeout,
         }));
+        let h1 = (!options.http2_only).then(|| Arc::new(H1Pool::new(options.max_idle_per_host)));
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(600))
@@ -119,10 +90,11 @@ impl DirectClient {
             ),
         };
         Ok(DirectClient {
-            client: builder.build(connector),
+            client: builder.build(connector.clone()),
+            h1,
+            connector,
             request_timeout: options.request_timeout,
             user_agent,
-            plain_http_host: (!options.http2_only).then(Default::default),
         })
     }
 
@@ -142,21 +114,26 @@ impl DirectClient {
                 .entry(USER_AGENT)
                 .or_insert_with(|| agent.clone());
         }
-        if let Some(hosts) = &self.plain_http_host {
-            if request.uri().scheme() == Some(&http::uri::Scheme::HTTP)
-                && !request.headers().contains_key(HOST)
-            {
-                if let Some(host) = hosts.for_uri(request.uri()) {
-                    request.headers_mut().insert(HOST, host);
-                }
-            }
-        }
         let exchange = async {
+            let request = match &self.h1 {
+                // Boxed: its state would otherwise sit inside every pushkin future awaiting
+                // this one, and those are moved whole when spawned (measured: kilobytes copied
+                // per request).
+                Some(h1) => match Box::pin(h1.send(&self.connector, request, limit)).await? {
+                    Sent::Answered(response) => return Ok(response),
+                    Sent::NotHere(request) => request,
+                },
+                None => request,
+            };
+            let uri = self.h1.is_some().then(|| request.uri().clone());
             let response = self
                 .client
                 .request(request)
                 .await
                 .map_err(|err| error_chain(&err))?;
+            if let (Some(h1), Some(uri)) = (&self.h1, uri) {
+                h1.learn(&uri, response.version());
+            }
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, limit)
                 .collect()
@@ -300,7 +277,7 @@ fn with_explicit_port(dst: Uri) -> Uri {
 /// connect, and copying and dropping the TLS and proxy setup showed in the profile (half a
 /// percent of the gateway's CPU under the FCM benchmark) although a pooled connection is used.
 #[derive(Clone)]
-struct Connector(Arc<ConnectorParts>);
+pub(super) struct Connector(Arc<ConnectorParts>);
 
 struct ConnectorParts {
     tls: HttpsConnector<Route>,
@@ -416,22 +393,6 @@ mod tests {
         assert!(!err.contains("secret-device-token"), "{err}");
     }
 
-    #[test]
-    fn host_headers_are_written_as_hyper_writes_them() {
-        let hosts = HostHeader::default();
-        for (uri, host) in [
-            ("http://fcm.example/send", "fcm.example"),
-            ("http://fcm.example:80/send", "fcm.example"),
-            ("http://fcm.example:8080/send", "fcm.example:8080"),
-            ("http://fcm.example:8080/other", "fcm.example:8080"),
-            ("https://fcm.example:443/send", "fcm.example"),
-            ("http://[::1]:8080/send", "[::1]:8080"),
-            ("http://fcm.example/again", "fcm.example"),
-        ] {
-            assert_eq!(hosts.for_uri(&uri.parse().unwrap()).unwrap(), host, "{uri}");
-        }
-    }
-
     #[tokio::test]
     async fn plain_http_requests_carry_their_host() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -440,17 +401,12 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut heads = Vec::new();
             for _ in 0..2 {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    let mut byte = [0u8; 1];
-                    stream.read_exact(&mut byte).await.unwrap();
-                    head.push(byte[0]);
-                }
+                let head = read_head(&mut stream).await;
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                     .await
                     .unwrap();
-                heads.push(String::from_utf8(head).unwrap().to_lowercase());
+                heads.push(head.to_lowercase());
             }
             heads
         });
@@ -459,7 +415,7 @@ mod tests {
         let mut named = get(addr);
         named
             .headers_mut()
-            .insert(HOST, HeaderValue::from_static("push.example"));
+            .insert(http::header::HOST, HeaderValue::from_static("push.example"));
         client.send(named, 10).await.unwrap();
         let heads = heads.await.unwrap();
         assert!(
@@ -473,6 +429,107 @@ mod tests {
             heads[1]
         );
         assert_eq!(heads[1].matches("host:").count(), 1, "{}", heads[1]);
+    }
+
+    /// Reads one request head from `stream`.
+    async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read_exact(&mut byte).await.is_err() {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_replaced_not_failed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            // First connection: one answer, then closed by the server (keep-alive timeout).
+            let (mut first, _) = listener.accept().await.unwrap();
+            read_head(&mut first).await;
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            // Closed once the client has put the connection back in its pool.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(first);
+            closed_tx.send(()).unwrap();
+            let (mut second, _) = listener.accept().await.unwrap();
+            read_head(&mut second).await;
+            second
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+                .await
+                .unwrap();
+            second
+        });
+        let client = client(Duration::from_secs(5));
+        let first = client.send(get(addr), 10).await.unwrap();
+        assert_eq!(first.body().as_ref(), b"first");
+        closed_rx.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = client.send(get(addr), 10).await.unwrap();
+        assert_eq!(second.body().as_ref(), b"second");
+        drop(server.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_request_after_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // One connection only: a request that opened another would wait for ever.
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            loop {
+                if read_head(&mut stream).await.is_empty() {
+                    break;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world";
+                if stream.write_all(answer).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let client = client(Duration::from_secs(5));
+        for _ in 0..5 {
+            let response = client.send(get(addr), 100).await.unwrap();
+            assert_eq!(response.body().as_ref(), b"hello world");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closing_after_its_answer_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut accepted = 0;
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                accepted += 1;
+                read_head(&mut stream).await;
+                stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                    )
+                    .await
+                    .unwrap();
+            }
+            accepted
+        });
+        let client = client(Duration::from_secs(5));
+        for _ in 0..2 {
+            assert_eq!(
+                client.send(get(addr), 10).await.unwrap().body().as_ref(),
+                b"ok"
+            );
+        }
+        assert_eq!(server.await.unwrap(), 2);
     }
 
     #[test]

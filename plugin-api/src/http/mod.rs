@@ -21,6 +21,7 @@ pub use reqwest;
 
 mod direct;
 pub mod endpoint;
+mod h1;
 mod send;
 mod slots;
 

@@ -339,3 +339,35 @@ async fn legacy_default_max_connections_bounds_requests_and_keeps_connections() 
     );
     assert_eq!(up.fake.max_in_flight.load(Ordering::SeqCst), 64);
 }
+
+/// An HTTPS upstream that only speaks HTTP/1.1: the first push learns it (through hyper's
+/// pool), the next ones go over the pushkin's own HTTP/1.1 connections, one at a time over one
+/// kept connection.
+#[tokio::test]
+async fn legacy_over_tls_speaking_http1_keeps_one_connection() {
+    let pki = sygnal_tests::tls::TestPki::new();
+    let up = Upstream::tls_offering(&pki, &[b"http/1.1"]).await;
+    let gateway = Gateway::builder(&up.legacy_app(""))
+        .env("SSL_CERT_FILE", pki.ca_file())
+        .start()
+        .await;
+    for n in 0..6 {
+        let pushkey = key(&format!("tls{n}"));
+        let (status, answer) = gateway.notify(notification(&[&pushkey])).await;
+        assert_eq!((status, rejected(&answer)), (200, vec![]), "{answer}");
+    }
+    let requests = up.fake.fcm_requests();
+    assert_eq!(requests.len(), 6);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.version == axum::http::Version::HTTP_11),
+        "{:?}",
+        requests.iter().map(|r| r.version).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        up.server.connections(),
+        2,
+        "one connection for the first push (hyper's pool), one for the rest"
+    );
+}

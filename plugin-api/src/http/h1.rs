@@ -1,0 +1,371 @@
+//! HTTP/1.1 connections driven by the request using them ([`H1Pool`]).
+//!
+//! hyper's pooled client runs every connection as a task of its own: a request hands its head
+//! to that task through a channel and is woken with the answer, and one more task is spawned per
+//! request to wait for the connection to be idle again and put it back in the pool, whose key
+//! (scheme and host) is hashed byte by byte on the way out and back. An HTTP/1.1 connection
+//! carries one request at a time anyway, so here the request drives its connection itself: it
+//! takes an idle one (or connects), polls it until the answer is read whole, and puts it back.
+//! Under the FCM benchmark this took 4% off the instructions a notification costs, and about as
+//! much off its CPU time (BENCHMARKS.md).
+//!
+//! HTTP/2 stays with hyper's pool: one connection carries many requests at once and needs its
+//! own task. Plain-HTTP origins are HTTP/1.1 from the start; an HTTPS origin is sent through
+//! hyper's pool until an answer says which version its ALPN chose.
+
+use super::direct::{Connector, Stream};
+use super::error_chain;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::Connection as _;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+/// Boxed: the connection holds its TLS state inline (kilobytes, even for plain HTTP, the
+/// stream being an enum), and it moves in and out of the pool on every request.
+type Conn = Box<http1::Connection<Stream, Full<Bytes>>>;
+
+/// How long a connection may stay idle before it is closed rather than reused (hyper's pool
+/// used the same).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Origins remembered at most (a pushkin usually sends to one or a few).
+const MAX_ORIGINS: usize = 64;
+
+/// What an origin is known to speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    /// Not known yet (HTTPS before its first answer): hyper's pool sends.
+    Unknown,
+    Http1,
+    Http2,
+}
+
+struct Idle {
+    sender: Sender,
+    conn: Conn,
+    since: Instant,
+}
+
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    /// Its `Host` header (hyper's connections send the header they are given, and hyper's
+    /// pool formatted it for every request).
+    host: Option<HeaderValue>,
+    protocol: Protocol,
+    idle: Vec<Idle>,
+}
+
+/// What [`H1Pool::send`] did with a request.
+pub(super) enum Sent {
+    /// Sent and answered over HTTP/1.1.
+    Answered(Response<Bytes>),
+    /// Not sent: the origin speaks HTTP/2 or is not known yet (send it through hyper's pool).
+    NotHere(Request<Full<Bytes>>),
+}
+
+/// Idle HTTP/1.1 connections per origin, and what each origin speaks.
+pub(super) struct H1Pool {
+    origins: Mutex<Vec<Origin>>,
+    max_idle: usize,
+}
+
+impl H1Pool {
+    /// A pool keeping at most `max_idle` idle connections per origin.
+    pub(super) fn new(max_idle: usize) -> H1Pool {
+        H1Pool {
+            origins: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Records the version an answer from `uri`'s origin came in (from hyper's pool).
+    pub(super) fn learn(&self, uri: &Uri, version: Version) {
+        let protocol = match version {
+            Version::HTTP_2 => Protocol::Http2,
+            Version::HTTP_11 => Protocol::Http1,
+            _ => return,
+        };
+        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+            self.with_origin(scheme, authority, |origin| {
+                if origin.protocol == Protocol::Unknown {
+                    origin.protocol = protocol;
+                }
+            });
+        }
+    }
+
+    /// Sends `request` (absolute URI) over an HTTP/1.1 connection to its origin, reading the
+    /// answer whole (at most `limit` bytes), if the origin is known to speak HTTP/1.1.
+    pub(super) async fn send(
+        &self,
+        connector: &Connector,
+        mut request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Sent, String> {
+        let (Some(scheme), Some(authority)) = (
+            request.uri().scheme().cloned(),
+            request.uri().authority().cloned(),
+        ) else {
+            return Ok(Sent::NotHere(request));
+        };
+        let default = if scheme == Scheme::HTTP {
+            Protocol::Http1
+        } else {
+            Protocol::Unknown
+        };
+        let (protocol, host, idle) = self.with_origin(&scheme, &authority, |origin| {
+            if origin.protocol == Protocol::Unknown {
+                origin.protocol = default;
+            }
+            let idle = match origin.protocol {
+                Protocol::Http1 => take_idle(&mut origin.idle),
+                _ => None,
+            };
+            (origin.protocol, origin.host.clone(), idle)
+        });
+        if protocol != Protocol::Http1 {
+            return Ok(Sent::NotHere(request));
+        }
+        let Some(host) = host else {
+            return Err("the upstream's host is not a valid Host header".to_owned());
+        };
+        let host_added = !request.headers().contains_key(HOST);
+        if host_added {
+            request.headers_mut().insert(HOST, host);
+        }
+        let uri = request.uri().clone();
+        let origin_form = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(origin_form);
+        let mut pooled = idle;
+        loop {
+            let (mut sender, conn, reused) = match pooled.take() {
+                Some(idle) => {
+                    let (mut sender, mut conn) = (idle.sender, idle.conn);
+                    // Closed by the server while idle: find out now, not by failing.
+                    if !poll_fn(|cx| Poll::Ready(reusable(&mut sender, &mut conn, cx))).await {
+                        pooled = self
+                            .with_origin(&scheme, &authority, |origin| take_idle(&mut origin.idle));
+                        continue;
+                    }
+                    (sender, conn, true)
+                }
+                None => match self.connect(connector, &uri).await? {
+                    Some((sender, conn)) => (sender, conn, false),
+                    None => {
+                        // As it came: HTTP/2 names the host in the URI, not in a header.
+                        *request.uri_mut() = uri;
+                        if host_added {
+                            request.headers_mut().remove(HOST);
+                        }
+                        return Ok(Sent::NotHere(request));
+                    }
+                },
+            };
+            let mut conn = Some(conn);
+            // The futures are dropped as soon as they are done (the blocks): the connection is
+            // only ready for its next request once the answer and its body are let go.
+            let answer = {
+                let mut answer = pin!(sender.try_send_request(request));
+                poll_fn(|cx| {
+                    drive(&mut conn, cx);
+                    answer.as_mut().poll(cx)
+                })
+                .await
+            };
+            let response = match answer {
+                Ok(response) => response,
+                Err(mut failed) => match failed.take_message() {
+                    // Never written: a reused connection the server had closed. Once more on a
+                    // new one (a request that may have reached the server is never resent).
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        continue;
+                    }
+                    _ => return Err(error_chain(failed.error())),
+                },
+            };
+            let (parts, body) = response.into_parts();
+            let body = {
+                let mut body = pin!(Limited::new(body, limit).collect());
+                poll_fn(|cx| {
+                    drive(&mut conn, cx);
+                    body.as_mut().poll(cx)
+                })
+                .await
+            }
+            .map_err(|err| {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    format!("response body over {limit} bytes")
+                } else {
+                    format!("reading the response failed: {}", error_chain(&*err))
+                }
+            })?
+            .to_bytes();
+            if let Some(mut conn) = conn {
+                if poll_fn(|cx| Poll::Ready(reusable(&mut sender, &mut conn, cx))).await {
+                    self.put_back(&scheme, &authority, sender, conn);
+                }
+            }
+            return Ok(Sent::Answered(Response::from_parts(parts, body)));
+        }
+    }
+
+    /// A new connection to `uri`'s origin, or `None` if it chose HTTP/2 (then remembered).
+    async fn connect(
+        &self,
+        connector: &Connector,
+        uri: &Uri,
+    ) -> Result<Option<(Sender, Conn)>, String> {
+        let stream = connector
+            .clone()
+            .call(uri.clone())
+            .await
+            .map_err(|err| format!("client error (Connect): {}", error_chain(&*err)))?;
+        if stream.connected().is_negotiated_h2() {
+            if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+                self.with_origin(scheme, authority, |origin| {
+                    origin.protocol = Protocol::Http2;
+                    origin.idle.clear();
+                });
+            }
+            return Ok(None);
+        }
+        let (sender, conn) = http1::Builder::new()
+            .handshake(stream)
+            .await
+            .map_err(|err| error_chain(&err))?;
+        Ok(Some((sender, Box::new(conn))))
+    }
+
+    fn put_back(&self, scheme: &Scheme, authority: &Authority, sender: Sender, conn: Conn) {
+        let max_idle = self.max_idle;
+        self.with_origin(scheme, authority, |origin| {
+            if origin.protocol == Protocol::Http1 && origin.idle.len() < max_idle {
+                origin.idle.push(Idle {
+                    sender,
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    /// Runs `f` on the entry of an origin (made if new), under the pool's lock.
+    fn with_origin<T>(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        f: impl FnOnce(&mut Origin) -> T,
+    ) -> T {
+        // A poisoned lock only means another request panicked while holding it: the entries
+        // are still whole (each change is a single push, pop or assignment).
+        let mut origins = self
+            .origins
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let at = match origins
+            .iter()
+            .position(|origin| origin.authority == *authority && origin.scheme == *scheme)
+        {
+            Some(at) => at,
+            None => {
+                if origins.len() >= MAX_ORIGINS {
+                    origins.remove(0);
+                }
+                origins.push(Origin {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    host: host_header(scheme, authority),
+                    protocol: Protocol::Unknown,
+                    idle: Vec::new(),
+                });
+                origins.len() - 1
+            }
+        };
+        f(&mut origins[at])
+    }
+}
+
+/// `Host` for an origin, as hyper's pool writes it: the host, and the port unless it is the
+/// scheme's default.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok()
+        }
+        _ => HeaderValue::from_str(authority.host()).ok(),
+    }
+}
+
+/// The most recently idle connection that has not been idle too long.
+fn take_idle(idle: &mut Vec<Idle>) -> Option<Idle> {
+    // Stale ones are at the front: they went idle first.
+    let fresh = idle
+        .iter()
+        .position(|entry| entry.since.elapsed() < IDLE_TIMEOUT)
+        .unwrap_or(idle.len());
+    idle.drain(..fresh);
+    idle.pop()
+}
+
+/// Polls the connection (reading and writing for the request). One that has ended is dropped
+/// at once: that is what fails its request (or hands it back, if it was never written) instead
+/// of leaving it waiting.
+fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
+    if let Some(open) = conn {
+        if Pin::new(&mut **open).poll(cx).is_ready() {
+            *conn = None;
+        }
+    }
+}
+
+/// Whether the connection can take another request now. Never waits: a connection that is not
+/// ready at once is closed, not kept.
+fn reusable(sender: &mut Sender, conn: &mut Conn, cx: &mut Context<'_>) -> bool {
+    // The connection sees that the answer was read whole on its next poll.
+    for _ in 0..2 {
+        if Pin::new(&mut **conn).poll(cx).is_ready() {
+            return false;
+        }
+        if sender.is_ready() {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers_are_written_as_hyper_writes_them() {
+        for (uri, host) in [
+            ("http://fcm.example/send", "fcm.example"),
+            ("http://fcm.example:80/send", "fcm.example"),
+            ("http://fcm.example:8080/send", "fcm.example:8080"),
+            ("https://fcm.example:443/send", "fcm.example"),
+            ("https://fcm.example:80/send", "fcm.example:80"),
+            ("http://[::1]:8080/send", "[::1]:8080"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            let (scheme, authority) = (uri.scheme().unwrap(), uri.authority().unwrap());
+            assert_eq!(host_header(scheme, authority).unwrap(), host, "{uri}");
+        }
+    }
+}
