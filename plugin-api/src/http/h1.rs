@@ -155,8 +155,10 @@ impl H1Pool {
             let (mut sender, conn, reused) = match pooled.take() {
                 Some(idle) => {
                     let (mut sender, mut conn) = (idle.sender, idle.conn);
-                    // Closed by the server while idle: find out now, not by failing.
-                    if !poll_fn(|cx| Poll::Ready(reusable(&mut sender, &mut conn, cx))).await {
+                    // Closed by the server while idle (or never ready again): found out now,
+                    // not by failing.
+                    let now = poll_fn(|cx| Poll::Ready(standing(&mut sender, &mut conn, cx))).await;
+                    if now != Standing::Ready {
                         pooled = self
                             .with_origin(&scheme, &authority, |origin| take_idle(&mut origin.idle));
                         continue;
@@ -216,7 +218,10 @@ impl H1Pool {
             })?
             .to_bytes();
             if let Some(mut conn) = conn {
-                if poll_fn(|cx| Poll::Ready(reusable(&mut sender, &mut conn, cx))).await {
+                // Kept unless closed: one not ready yet is usually ready when next taken
+                // (and closed then if it is not).
+                let now = poll_fn(|cx| Poll::Ready(standing(&mut sender, &mut conn, cx))).await;
+                if now != Standing::Ended {
                     self.put_back(&scheme, &authority, sender, conn);
                 }
             }
@@ -334,19 +339,28 @@ fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     }
 }
 
-/// Whether the connection can take another request now. Never waits: a connection that is not
-/// ready at once is closed, not kept.
-fn reusable(sender: &mut Sender, conn: &mut Conn, cx: &mut Context<'_>) -> bool {
-    // The connection sees that the answer was read whole on its next poll.
+/// Where a connection stands after a poll or two. Never waits.
+#[derive(PartialEq, Eq)]
+enum Standing {
+    /// It can take another request now.
+    Ready,
+    /// Still open, not ready yet (it may be on a later poll).
+    Busy,
+    /// Closed.
+    Ended,
+}
+
+fn standing(sender: &mut Sender, conn: &mut Conn, cx: &mut Context<'_>) -> Standing {
+    // The connection usually sees that the answer was read whole on its next poll.
     for _ in 0..2 {
         if Pin::new(&mut **conn).poll(cx).is_ready() {
-            return false;
+            return Standing::Ended;
         }
         if sender.is_ready() {
-            return true;
+            return Standing::Ready;
         }
     }
-    false
+    Standing::Busy
 }
 
 #[cfg(test)]
