@@ -138,13 +138,7 @@ impl DirectClient {
             let body = Limited::new(body, limit)
                 .collect()
                 .await
-                .map_err(|err| {
-                    if err.is::<http_body_util::LengthLimitError>() {
-                        format!("response body over {limit} bytes")
-                    } else {
-                        format!("reading the response failed: {}", error_chain(&*err))
-                    }
-                })?
+                .map_err(|err| unreadable_body(&*err, limit))?
                 .to_bytes();
             Ok(Response::from_parts(parts, body))
         };
@@ -156,6 +150,15 @@ impl DirectClient {
                     self.request_timeout.as_secs_f64()
                 ))
             })
+    }
+}
+
+/// Why an answer's body could not be read whole (at most `limit` bytes).
+pub(super) fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: usize) -> String {
+    if err.is::<http_body_util::LengthLimitError>() {
+        format!("response body over {limit} bytes")
+    } else {
+        format!("reading the response failed: {}", error_chain(err))
     }
 }
 

@@ -13,7 +13,7 @@
 //! own task. Plain-HTTP origins are HTTP/1.1 from the start; an HTTPS origin is sent through
 //! hyper's pool until an answer says which version its ALPN chose.
 
-use super::direct::{Connector, Stream};
+use super::direct::{unreadable_body, Connector, Stream};
 use super::error_chain;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -209,13 +209,7 @@ impl H1Pool {
                 })
                 .await
             }
-            .map_err(|err| {
-                if err.is::<http_body_util::LengthLimitError>() {
-                    format!("response body over {limit} bytes")
-                } else {
-                    format!("reading the response failed: {}", error_chain(&*err))
-                }
-            })?
+            .map_err(|err| unreadable_body(&*err, limit))?
             .to_bytes();
             if let Some(mut conn) = conn {
                 // Kept unless closed: one not ready yet is usually ready when next taken
