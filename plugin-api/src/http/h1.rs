@@ -12,6 +12,10 @@
 //! HTTP/2 stays with hyper's pool: one connection carries many requests at once and needs its
 //! own task. Plain-HTTP origins are HTTP/1.1 from the start; an HTTPS origin is sent through
 //! hyper's pool until an answer says which version its ALPN chose.
+//!
+//! Nothing watches an idle connection: one the server closed meanwhile is found out when it is
+//! next taken (its socket waits until then, at most `max_idle` of them per origin), and one idle
+//! for over [`IDLE_TIMEOUT`] is closed then rather than used.
 
 use super::direct::{unreadable_body, Connector, Stream};
 use super::error_chain;
