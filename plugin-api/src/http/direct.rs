@@ -1,5 +1,6 @@
-//! [`DirectClient`]: hyper's pooled client for requests sent per notification, with the shared
-//! TLS and proxy setup and nothing else around it.
+//! [`DirectClient`]: hyper's client for requests sent per notification, with the shared TLS and
+//! proxy setup and nothing else around it (HTTP/2 through hyper's pool, HTTP/1.1 through
+//! connections the request drives itself: the `h1` module).
 //!
 //! reqwest wraps every request in layers a pushkin's hot path does not use: a redirect policy
 //! that turns the URI back into a string and re-parses it as a URL (redirects are off), a retry
