@@ -9,7 +9,7 @@
 //! about a seventh of the gateway's CPU per notification (BENCHMARKS.md). Requests that are not
 //! per notification (an OAuth token fetch) can keep [`build_client`](super::build_client).
 
-use super::h1::{H1Pool, Sent};
+use super::h1::{H1Pool, H1Route, Sent};
 use super::{error_chain, tls_config, ClientOptions};
 use crate::HostInfo;
 use bytes::Bytes;
@@ -116,17 +116,17 @@ impl DirectClient {
                 .or_insert_with(|| agent.clone());
         }
         let exchange = async {
-            let request = match &self.h1 {
-                // Boxed: its state would otherwise sit inside every pushkin future awaiting
-                // this one, and those are moved whole when spawned (measured: kilobytes copied
-                // per request).
-                Some(h1) => match Box::pin(h1.send(&self.connector, request, limit)).await? {
-                    Sent::Answered(response) => return Ok(response),
-                    Sent::NotHere(request) => request,
+            let (request, unknown) = match &self.h1 {
+                Some(h1) => match h1.route(&self.connector, request, limit) {
+                    H1Route::Http1(exchange) => match exchange.await? {
+                        Sent::Answered(response) => return Ok(response),
+                        Sent::NotHere(request) => (request, false),
+                    },
+                    H1Route::Elsewhere { request, unknown } => (request, unknown),
                 },
-                None => request,
+                None => (request, false),
             };
-            let uri = self.h1.is_some().then(|| request.uri().clone());
+            let uri = unknown.then(|| request.uri().clone());
             let response = self
                 .client
                 .request(request)
