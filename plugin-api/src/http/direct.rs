@@ -108,7 +108,7 @@ impl DirectClient {
         request: Request<Bytes>,
         limit: usize,
     ) -> Result<Response<Bytes>, String> {
-        let mut request = request.map(Full::new);
+        let mut request = request;
         if let Some(agent) = &self.user_agent {
             request
                 .headers_mut()
@@ -129,7 +129,7 @@ impl DirectClient {
             let uri = unknown.then(|| request.uri().clone());
             let response = self
                 .client
-                .request(request)
+                .request(request.map(Full::new))
                 .await
                 .map_err(|err| error_chain(&err))?;
             if let (Some(h1), Some(uri)) = (&self.h1, uri) {

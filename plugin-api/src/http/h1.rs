@@ -5,9 +5,10 @@
 //! request to wait for the connection to be idle again and put it back in the pool, whose key
 //! (scheme and host) is hashed byte by byte on the way out and back. An HTTP/1.1 connection
 //! carries one request at a time anyway, so here the request drives its connection itself: it
-//! takes an idle one (or connects), polls it until the answer is read whole, and puts it back.
-//! Under the FCM benchmark this took 4% off the instructions a notification costs, and about as
-//! much off its CPU time (BENCHMARKS.md).
+//! takes an idle one (or connects), writes the request, reads the answer whole and puts the
+//! connection back. The bytes on the wire are the `wire` module's: hyper's client connection,
+//! driven the same way, still cost about a sixth of a notification's instructions under the FCM
+//! benchmark (BENCHMARKS.md).
 //!
 //! HTTP/2 stays with hyper's pool: one connection carries many requests at once and needs its
 //! own task. Plain-HTTP origins are HTTP/1.1 from the start; an HTTPS origin is sent through
@@ -17,26 +18,22 @@
 //! next taken (its socket waits until then, at most `max_idle` of them per origin), and one idle
 //! for over [`IDLE_TIMEOUT`] is closed then rather than used.
 
-use super::direct::{unreadable_body, Connector, Stream};
+mod conn;
+
+use super::direct::Connector;
 use super::error_chain;
 use bytes::Bytes;
+use conn::{Conn, Failure};
 use http::header::{HeaderValue, HOST};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::Connection as _;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tower_service::Service;
-
-type Sender = http1::SendRequest<Full<Bytes>>;
-/// Boxed: the connection holds its TLS state inline (kilobytes, even for plain HTTP, the
-/// stream being an enum), and it moves in and out of the pool on every request.
-type Conn = Box<http1::Connection<Stream, Full<Bytes>>>;
 
 /// How long a connection may stay idle before it is closed rather than reused (hyper's pool
 /// used the same).
@@ -55,8 +52,7 @@ enum Protocol {
 }
 
 struct Idle {
-    sender: Sender,
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -79,7 +75,7 @@ pub(super) enum H1Route<'a> {
     /// Through hyper's pool; `unknown` when the origin's protocol is not known yet (tell
     /// [`H1Pool::learn`] what the answer came in).
     Elsewhere {
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
         unknown: bool,
     },
 }
@@ -97,7 +93,7 @@ pub(super) enum Sent {
     Answered(Response<Bytes>),
     /// Not sent: the new connection chose HTTP/2 (now remembered); send it through hyper's
     /// pool.
-    NotHere(Request<Full<Bytes>>),
+    NotHere(Request<Bytes>),
 }
 
 /// Idle HTTP/1.1 connections per origin, and what each origin speaks.
@@ -138,7 +134,7 @@ impl H1Pool {
     pub(super) fn route<'a>(
         &'a self,
         connector: &'a Connector,
-        mut request: Request<Full<Bytes>>,
+        mut request: Request<Bytes>,
         limit: usize,
     ) -> H1Route<'a> {
         let (Some(scheme), Some(authority)) = (
@@ -197,7 +193,7 @@ impl H1Pool {
     async fn exchange(
         &self,
         connector: &Connector,
-        mut request: Request<Full<Bytes>>,
+        mut request: Request<Bytes>,
         origin: Destination,
         idle: Option<Idle>,
         limit: usize,
@@ -207,32 +203,23 @@ impl H1Pool {
             authority,
             host_added,
         } = origin;
-        let uri = request.uri().clone();
-        let origin_form = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(origin_form);
         let mut pooled = idle;
         loop {
-            let (mut sender, conn, reused) = match pooled.take() {
+            let (mut conn, reused) = match pooled.take() {
                 Some(idle) => {
-                    let (mut sender, mut conn) = (idle.sender, idle.conn);
-                    // Closed by the server while idle (or never ready again): found out now,
-                    // not by failing.
-                    let now = poll_fn(|cx| Poll::Ready(standing(&mut sender, &mut conn, cx))).await;
-                    if now != Standing::Ready {
+                    let mut conn = idle.conn;
+                    // Closed by the server while idle: found out now, not by failing.
+                    if !poll_fn(|cx| Poll::Ready(conn.is_open(cx))).await {
                         pooled = self
                             .with_origin(&scheme, &authority, |origin| take_idle(&mut origin.idle));
                         continue;
                     }
-                    (sender, conn, true)
+                    (conn, true)
                 }
-                None => match self.connect(connector, &uri).await? {
-                    Some((sender, conn)) => (sender, conn, false),
+                None => match self.connect(connector, request.uri()).await? {
+                    Some(conn) => (conn, false),
                     None => {
                         // As it came: HTTP/2 names the host in the URI, not in a header.
-                        *request.uri_mut() = uri;
                         if host_added {
                             request.headers_mut().remove(HOST);
                         }
@@ -240,58 +227,23 @@ impl H1Pool {
                     }
                 },
             };
-            let mut conn = Some(conn);
-            // The futures are dropped as soon as they are done (the blocks): the connection is
-            // only ready for its next request once the answer and its body are let go.
-            let answer = {
-                let mut answer = pin!(sender.try_send_request(request));
-                poll_fn(|cx| {
-                    drive(&mut conn, cx);
-                    answer.as_mut().poll(cx)
-                })
-                .await
-            };
-            let response = match answer {
-                Ok(response) => response,
-                Err(mut failed) => match failed.take_message() {
-                    // Never written: a reused connection the server had closed. Once more on a
-                    // new one (a request that may have reached the server is never resent).
-                    Some(unsent) if reused => {
-                        request = unsent;
-                        continue;
+            match conn.exchange(&request, limit).await {
+                Ok((response, keep_alive)) => {
+                    if keep_alive {
+                        self.put_back(&scheme, &authority, conn);
                     }
-                    _ => return Err(error_chain(failed.error())),
-                },
-            };
-            let (parts, body) = response.into_parts();
-            let body = {
-                let mut body = pin!(Limited::new(body, limit).collect());
-                poll_fn(|cx| {
-                    drive(&mut conn, cx);
-                    body.as_mut().poll(cx)
-                })
-                .await
-            }
-            .map_err(|err| unreadable_body(&*err, limit))?
-            .to_bytes();
-            if let Some(mut conn) = conn {
-                // Kept unless closed: one not ready yet is usually ready when next taken
-                // (and closed then if it is not).
-                let now = poll_fn(|cx| Poll::Ready(standing(&mut sender, &mut conn, cx))).await;
-                if now != Standing::Ended {
-                    self.put_back(&scheme, &authority, sender, conn);
+                    return Ok(Sent::Answered(response));
                 }
+                // Not a byte written: a reused connection the server had closed. Once more on
+                // a new one (a request that may have reached the server is never resent).
+                Err(Failure::Unsent(_)) if reused => continue,
+                Err(Failure::Unsent(why) | Failure::Sent(why)) => return Err(why),
             }
-            return Ok(Sent::Answered(Response::from_parts(parts, body)));
         }
     }
 
     /// A new connection to `uri`'s origin, or `None` if it chose HTTP/2 (then remembered).
-    async fn connect(
-        &self,
-        connector: &Connector,
-        uri: &Uri,
-    ) -> Result<Option<(Sender, Conn)>, String> {
+    async fn connect(&self, connector: &Connector, uri: &Uri) -> Result<Option<Box<Conn>>, String> {
         let stream = connector
             .clone()
             .call(uri.clone())
@@ -306,19 +258,14 @@ impl H1Pool {
             }
             return Ok(None);
         }
-        let (sender, conn) = http1::Builder::new()
-            .handshake(stream)
-            .await
-            .map_err(|err| error_chain(&err))?;
-        Ok(Some((sender, Box::new(conn))))
+        Ok(Some(Box::new(Conn::new(stream))))
     }
 
-    fn put_back(&self, scheme: &Scheme, authority: &Authority, sender: Sender, conn: Conn) {
+    fn put_back(&self, scheme: &Scheme, authority: &Authority, conn: Box<Conn>) {
         let max_idle = self.max_idle;
         self.with_origin(scheme, authority, |origin| {
             if origin.protocol == Protocol::Http1 && origin.idle.len() < max_idle {
                 origin.idle.push(Idle {
-                    sender,
                     conn,
                     since: Instant::now(),
                 });
@@ -383,41 +330,6 @@ fn take_idle(idle: &mut Vec<Idle>) -> Option<Idle> {
         .unwrap_or(idle.len());
     idle.drain(..fresh);
     idle.pop()
-}
-
-/// Polls the connection (reading and writing for the request). One that has ended is dropped
-/// at once: that is what fails its request (or hands it back, if it was never written) instead
-/// of leaving it waiting.
-fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
-    if let Some(open) = conn {
-        if Pin::new(&mut **open).poll(cx).is_ready() {
-            *conn = None;
-        }
-    }
-}
-
-/// Where a connection stands after a poll or two. Never waits.
-#[derive(PartialEq, Eq)]
-enum Standing {
-    /// It can take another request now.
-    Ready,
-    /// Still open, not ready yet (it may be on a later poll).
-    Busy,
-    /// Closed.
-    Ended,
-}
-
-fn standing(sender: &mut Sender, conn: &mut Conn, cx: &mut Context<'_>) -> Standing {
-    // The connection usually sees that the answer was read whole on its next poll.
-    for _ in 0..2 {
-        if Pin::new(&mut **conn).poll(cx).is_ready() {
-            return Standing::Ended;
-        }
-        if sender.is_ready() {
-            return Standing::Ready;
-        }
-    }
-    Standing::Busy
 }
 
 #[cfg(test)]
