@@ -9,8 +9,10 @@
 //! much less: the head is written in one go with the body, and the answer is parsed by
 //! `httparse`, hyper's own parser.
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Version};
+use std::mem::MaybeUninit;
 
 /// An answer's head may be at most this long (hyper's default buffer allowed 400 KiB; no push
 /// provider sends more than a few hundred bytes of headers).
@@ -84,9 +86,15 @@ pub(super) struct Head {
 /// Parses the head at the start of `buf`: `None` while it is incomplete; interim (1xx) answers
 /// come back as heads like any other, for the caller to skip.
 pub(super) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, String> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    // Uninitialised: the slots are many and the headers few.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(format!("response head over {MAX_HEAD_BYTES} bytes"))
@@ -94,6 +102,8 @@ pub(super) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, St
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(err) => return Err(format!("invalid response head: {err}")),
     };
+    // The header values share one copy of the head rather than each having their own.
+    let head = Bytes::copy_from_slice(&buf[..len]);
     let invalid = |why: &str| format!("invalid response head: {why}");
     let status =
         StatusCode::from_u16(response.code.unwrap_or(0)).map_err(|_| invalid("status code"))?;
@@ -107,7 +117,9 @@ pub(super) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, St
     for header in response.headers.iter() {
         let name =
             HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| invalid("header name"))?;
-        let value = HeaderValue::from_bytes(header.value).map_err(|_| invalid("header value"))?;
+        let at = header.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + header.value.len()))
+            .map_err(|_| invalid("header value"))?;
         if name == CONTENT_LENGTH {
             for part in value.as_bytes().split(|&b| b == b',') {
                 let n = parse_length(part).ok_or_else(|| invalid("content-length"))?;

@@ -89,6 +89,9 @@ impl Conn {
     ) -> Result<(Response<Bytes>, bool), String> {
         self.filled = 0;
         let head = loop {
+            if self.filled == 0 {
+                self.fill("the answer's head").await?;
+            }
             match wire::parse_head(&self.read[..self.filled], request.method())? {
                 // Interim answers (100 Continue, 103 Early Hints) are skipped.
                 Some(head) if head.status.is_informational() => {
