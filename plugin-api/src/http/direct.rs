@@ -157,7 +157,7 @@ impl DirectClient {
 /// Why an answer's body could not be read whole (at most `limit` bytes).
 pub(super) fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: usize) -> String {
     if err.is::<http_body_util::LengthLimitError>() {
-        format!("response body over {limit} bytes")
+        super::body_over(limit)
     } else {
         format!("reading the response failed: {}", error_chain(err))
     }

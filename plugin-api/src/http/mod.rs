@@ -409,6 +409,11 @@ pub fn describe_error(err: reqwest::Error) -> String {
     error_chain(&err.without_url())
 }
 
+/// Why an answer was refused: its body is longer than the caller's `limit`.
+pub(crate) fn body_over(limit: usize) -> String {
+    format!("response body over {limit} bytes")
+}
+
 /// An error followed by its causes, `: `-separated.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -433,7 +438,7 @@ pub async fn read_body_limited(
         .map_err(|err| format!("reading the response failed: {err}"))?
     {
         if body.len() + chunk.len() > limit {
-            return Err(format!("response body over {limit} bytes"));
+            return Err(body_over(limit));
         }
         body.extend_from_slice(&chunk);
     }

@@ -233,7 +233,7 @@ impl Chunked {
                     at += line.len() + 2;
                     let size = chunk_size(line)?;
                     if size > (limit - out.len()) as u64 {
-                        return Err(format!("response body over {limit} bytes"));
+                        return Err(super::body_over(limit));
                     }
                     self.state = if size == 0 {
                         ChunkState::Trailers

@@ -1,5 +1,6 @@
 //! One HTTP/1.1 connection of the pool: a request written, its answer read whole.
 
+use super::super::body_over;
 use super::super::direct::Stream;
 use super::super::wire::{self, Chunked, Framing};
 use bytes::Bytes;
@@ -112,7 +113,7 @@ impl Conn {
                 let length = usize::try_from(length)
                     .ok()
                     .filter(|&length| length <= limit)
-                    .ok_or_else(|| format!("response body over {limit} bytes"))?;
+                    .ok_or_else(|| body_over(limit))?;
                 while self.filled < length {
                     self.fill("the answer's body").await?;
                 }
@@ -139,7 +140,7 @@ impl Conn {
                     > 0
                 {
                     if self.filled > limit {
-                        return Err(format!("response body over {limit} bytes"));
+                        return Err(body_over(limit));
                     }
                 }
                 Bytes::copy_from_slice(&self.read[..self.filled])
