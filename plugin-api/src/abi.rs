@@ -109,7 +109,8 @@ pub type FfiDispatchResult = RResult<RVec<RString>, FfiPushError>;
 /// One configured app's pushkin instance, as the host sees it.
 #[sabi_trait]
 pub trait PushkinFfi: Send + Sync {
-    /// Deliver `notification_json` (the notification without its devices) to the devices in
+    /// Deliver `notification_json` (the notification object as the homeserver sent it; its own
+    /// `devices` may name other apps' devices and are to be ignored) to the devices in
     /// `devices_json` (a JSON array, all routed to this app). `request_id` tags the logs.
     ///
     /// Resolves to the pushkeys the provider rejected for good, or an error. Dropping the future
