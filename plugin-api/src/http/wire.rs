@@ -481,6 +481,37 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever an upstream sends, parsing its head and decoding its chunks answer or
+        /// refuse, and never panic.
+        #[test]
+        fn hostile_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_head(&bytes, &Method::POST);
+            let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
+            text.extend_from_slice(&bytes);
+            let _ = parse_head(&text, &Method::GET);
+            let _ = dechunk(&bytes, 7, 64);
+        }
+
+        /// A chunked body decodes the same however the reads split it.
+        #[test]
+        fn chunked_decoding_does_not_depend_on_how_bytes_arrive(
+            chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40), 0..6),
+            step in 1usize..50,
+        ) {
+            let mut body = Vec::new();
+            for chunk in &chunks {
+                body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                body.extend_from_slice(chunk);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            let (decoded, used) = dechunk(&body, step, 1 << 16).unwrap();
+            proptest::prop_assert_eq!(decoded, chunks.concat());
+            proptest::prop_assert_eq!(used, body.len());
+        }
+    }
+
     #[test]
     fn chunked_bodies_over_the_limit_or_malformed_are_refused() {
         assert_eq!(
