@@ -105,10 +105,9 @@ impl DirectClient {
     /// refused"), and without the URL (URLs can hold secrets).
     pub async fn send(
         &self,
-        request: Request<Bytes>,
+        mut request: Request<Bytes>,
         limit: usize,
     ) -> Result<Response<Bytes>, String> {
-        let mut request = request;
         if let Some(agent) = &self.user_agent {
             request
                 .headers_mut()
@@ -159,7 +158,7 @@ pub(super) fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: us
     if err.is::<http_body_util::LengthLimitError>() {
         super::body_over(limit)
     } else {
-        format!("reading the response failed: {}", error_chain(err))
+        super::read_failed(error_chain(err))
     }
 }
 

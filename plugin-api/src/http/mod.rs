@@ -414,6 +414,11 @@ pub(crate) fn body_over(limit: usize) -> String {
     format!("response body over {limit} bytes")
 }
 
+/// Why an answer could not be read.
+pub(crate) fn read_failed(why: impl std::fmt::Display) -> String {
+    format!("reading the response failed: {why}")
+}
+
 /// An error followed by its causes, `: `-separated.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -432,11 +437,7 @@ pub async fn read_body_limited(
     limit: usize,
 ) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| format!("reading the response failed: {err}"))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(read_failed)? {
         if body.len() + chunk.len() > limit {
             return Err(body_over(limit));
         }

@@ -1,8 +1,8 @@
 //! One HTTP/1.1 connection of the pool: a request written, its answer read whole.
 
-use super::super::body_over;
 use super::super::direct::Stream;
 use super::super::wire::{self, Chunked, Framing};
+use super::super::{body_over, read_failed};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::rt::{Read, ReadBuf, Write};
@@ -210,10 +210,6 @@ impl Conn {
         }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
-}
-
-fn read_failed(err: std::io::Error) -> String {
-    format!("reading the response failed: {err}")
 }
 
 /// The request asked for its connection to be closed after the answer.
