@@ -52,6 +52,8 @@ enum Protocol {
 }
 
 struct Idle {
+    /// Boxed: the stream holds its TLS state inline (kilobytes, even for plain HTTP, the stream
+    /// being an enum), and a connection moves in and out of the pool on every request.
     conn: Box<Conn>,
     since: Instant,
 }
@@ -59,8 +61,8 @@ struct Idle {
 struct Origin {
     scheme: Scheme,
     authority: Authority,
-    /// Its `Host` header (hyper's connections send the header they are given, and hyper's
-    /// pool formatted it for every request).
+    /// Its `Host` header, made once (a connection sends the headers it is given; hyper's pool
+    /// formatted this one for every request).
     host: Option<HeaderValue>,
     protocol: Protocol,
     idle: Vec<Idle>,
