@@ -3,8 +3,8 @@
 //! One place decides how a pushkin talks to its upstream: rustls with the `ring` provider (no
 //! OpenSSL, no C build), the public roots plus whatever the host adds (`SSL_CERT_FILE`), the
 //! host's CONNECT proxy, optional client certificates, no redirects, and bounded waits.
-//! [`DirectClient`] is the same setup on hyper's client alone, for requests sent per
-//! notification. [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
+//! [`DirectClient`] is the same setup without reqwest (HTTP/2 through hyper's pool, HTTP/1.1
+//! over connections it frames itself), for requests sent per notification. [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
 //! `Retry-After`); [`Sender`] sends one request with it and classifies the answer;
 //! [`ConnectionSlots`] bounds an app's requests in flight (`max_connections`) and how long one
 //! waits for a slot; [`endpoint`] guards client-given endpoints (UnifiedPush, WebPush) against
