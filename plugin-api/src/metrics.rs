@@ -86,15 +86,15 @@ impl Labels {
     }
 }
 
-/// Whether `name` matches `[a-zA-Z_:][a-zA-Z0-9_:]*`. By bytes: every metric update checks its
-/// name, and a non-ASCII character fails either way.
-fn is_metric_name(name: &str) -> bool {
+/// Whether `name` matches `[a-zA-Z_<also>][a-zA-Z0-9_<also>]*`, Prometheus's grammar for label
+/// names (`also` empty) and metric names (`also` = `:`). By bytes: every metric update checks
+/// its name, and a non-ASCII character fails either way.
+fn is_name(name: &str, also: &[u8]) -> bool {
+    let allowed = |c: &u8| *c == b'_' || also.contains(c);
     match name.as_bytes().split_first() {
         Some((first, rest)) => {
-            (first.is_ascii_alphabetic() || matches!(first, b'_' | b':'))
-                && rest
-                    .iter()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b':'))
+            (first.is_ascii_alphabetic() || allowed(first))
+                && rest.iter().all(|c| c.is_ascii_alphanumeric() || allowed(c))
         }
         None => false,
     }
@@ -102,20 +102,13 @@ fn is_metric_name(name: &str) -> bool {
 
 /// Why `name` is not a usable Prometheus metric name, if it is not.
 pub fn metric_name_problem(name: &str) -> Option<String> {
-    (!is_metric_name(name))
+    (!is_name(name, b":"))
         .then(|| format!("`{name}` is not a valid metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"))
 }
 
 /// Why `name` is not a usable Prometheus label name, if it is not.
 pub fn label_name_problem(name: &str) -> Option<String> {
-    let valid = match name.as_bytes().split_first() {
-        Some((first, rest)) => {
-            (first.is_ascii_alphabetic() || *first == b'_')
-                && rest.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-        }
-        None => false,
-    };
-    if !valid {
+    if !is_name(name, b"") {
         Some(format!(
             "`{name}` is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
         ))
