@@ -1,4 +1,4 @@
-//! [`DirectClient`]: hyper's client for requests sent per notification, with the shared TLS and
+//! [`DirectClient`]: the client for requests sent per notification, with the shared TLS and
 //! proxy setup and nothing else around it (HTTP/2 through hyper's pool, HTTP/1.1 through
 //! connections the request drives itself: the `h1` module).
 //!
@@ -154,7 +154,7 @@ impl DirectClient {
 }
 
 /// Why an answer's body could not be read whole (at most `limit` bytes).
-pub(super) fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: usize) -> String {
+fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: usize) -> String {
     if err.is::<http_body_util::LengthLimitError>() {
         super::body_over(limit)
     } else {
@@ -315,6 +315,7 @@ impl Service<Uri> for Connector {
 
 #[cfg(test)]
 mod tests {
+    use super::super::read_request_head;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -404,7 +405,7 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut heads = Vec::new();
             for _ in 0..2 {
-                let head = read_head(&mut stream).await;
+                let head = read_request_head(&mut stream).await;
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                     .await
@@ -434,19 +435,6 @@ mod tests {
         assert_eq!(heads[1].matches("host:").count(), 1, "{}", heads[1]);
     }
 
-    /// Reads one request head from `stream`.
-    async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            if stream.read_exact(&mut byte).await.is_err() {
-                break;
-            }
-            head.push(byte[0]);
-        }
-        String::from_utf8(head).unwrap()
-    }
-
     #[tokio::test]
     async fn a_connection_the_server_closed_while_idle_is_replaced_not_failed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -455,7 +443,7 @@ mod tests {
         let server = tokio::spawn(async move {
             // First connection: one answer, then closed by the server (keep-alive timeout).
             let (mut first, _) = listener.accept().await.unwrap();
-            read_head(&mut first).await;
+            read_request_head(&mut first).await;
             first
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
                 .await
@@ -465,7 +453,7 @@ mod tests {
             drop(first);
             closed_tx.send(()).unwrap();
             let (mut second, _) = listener.accept().await.unwrap();
-            read_head(&mut second).await;
+            read_request_head(&mut second).await;
             second
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
                 .await
@@ -490,7 +478,7 @@ mod tests {
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             loop {
-                if read_head(&mut stream).await.is_empty() {
+                if read_request_head(&mut stream).await.is_empty() {
                     break;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world";
@@ -515,7 +503,7 @@ mod tests {
             for _ in 0..2 {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 accepted += 1;
-                read_head(&mut stream).await;
+                read_request_head(&mut stream).await;
                 stream
                     .write_all(
                         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",

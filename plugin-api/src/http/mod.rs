@@ -4,11 +4,11 @@
 //! OpenSSL, no C build), the public roots plus whatever the host adds (`SSL_CERT_FILE`), the
 //! host's CONNECT proxy, optional client certificates, no redirects, and bounded waits.
 //! [`DirectClient`] is the same setup without reqwest (HTTP/2 through hyper's pool, HTTP/1.1
-//! over connections it frames itself), for requests sent per notification. [`retry`] is the backoff loop every pushkin uses (`max_tries`, `retry_delay_base`,
-//! `Retry-After`); [`Sender`] sends one request with it and classifies the answer;
-//! [`ConnectionSlots`] bounds an app's requests in flight (`max_connections`) and how long one
-//! waits for a slot; [`endpoint`] guards client-given endpoints (UnifiedPush, WebPush) against
-//! reaching private networks.
+//! over connections it frames itself), for requests sent per notification. [`retry`] is the
+//! backoff loop every pushkin uses (`max_tries`, `retry_delay_base`, `Retry-After`); [`Sender`]
+//! sends one request with it and classifies the answer; [`ConnectionSlots`] bounds an app's
+//! requests in flight (`max_connections`) and how long one waits for a slot; [`endpoint`] guards
+//! client-given endpoints (UnifiedPush, WebPush) against reaching private networks.
 
 use crate::{HostInfo, PushError};
 use rustls_pki_types::pem::PemObject;
@@ -444,6 +444,22 @@ pub async fn read_body_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Reads one request head from `stream`, through its blank line; what came before the
+/// connection ended if it ended first. For tests playing an upstream.
+#[cfg(test)]
+pub(crate) async fn read_request_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read_exact(&mut byte).await.is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
 
 #[cfg(test)]

@@ -137,11 +137,8 @@ pub(super) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, St
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            close |= has_token(&value, b"close");
+            keep_alive_token |= has_token(&value, b"keep-alive");
         }
         headers.append(name, value);
     }
@@ -179,6 +176,15 @@ pub(super) fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head>, St
         framing,
         keep_alive,
     }))
+}
+
+/// Whether a comma-separated header `value` (`Connection: keep-alive, close`) holds `token`,
+/// compared without case.
+pub(super) fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Digits only (no sign, no space inside), as RFC 9110 8.6 says.

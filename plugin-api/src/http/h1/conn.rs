@@ -218,23 +218,18 @@ fn wants_close(request: &Request<Bytes>) -> bool {
         .headers()
         .get_all(http::header::CONNECTION)
         .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
+        .any(|value| wire::has_token(value, b"close"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::{ClientOptions, DirectClient};
+    use super::super::super::{read_request_head, ClientOptions, DirectClient};
     use crate::HostInfo;
     use bytes::Bytes;
     use http::Request;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     /// A server writing `answers` in turn, one per request head it reads, across whatever
@@ -251,14 +246,8 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let next = Arc::clone(&next);
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while stream.read_exact(&mut byte).await.is_ok() {
-                        head.push(byte[0]);
-                        if !head.ends_with(b"\r\n\r\n") {
-                            continue;
-                        }
-                        head.clear();
+                    // Until the client closes the connection (no whole head).
+                    while read_request_head(&mut stream).await.ends_with("\r\n\r\n") {
                         let answer = answers[next.fetch_add(1, Ordering::SeqCst)];
                         let closing = answer.ends_with(CLOSE);
                         let answer = answer.trim_end_matches(CLOSE);
