@@ -17,10 +17,10 @@ use abi_stable::{
     library::RootModule,
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RStr, RString, RVec},
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
-use async_ffi::FfiFuture;
+use async_ffi::{FfiContext, FfiFuture, FfiPoll};
 
 /// Severity of a log record forwarded from a plugin to the host.
 #[repr(u8)]
@@ -150,6 +150,49 @@ pub struct PluginMod {
     /// Library-wide shutdown: stop the plugin's runtime without blocking.
     #[sabi(last_prefix_field)]
     pub shutdown: extern "C" fn(),
+    /// Lends the library the host's reactor for its upstream sockets (see [`HostIo`]). Called
+    /// once, before the first `new`. Libraries built before it existed lack it: the host checks.
+    #[sabi(missing_field(option))]
+    pub attach_host_io: extern "C" fn(HostIo),
+}
+
+/// An OS error number (`errno`) crossing the boundary; 0 when the error had none.
+pub type IoErrorCode = i32;
+
+/// Sockets driven by the host's reactor on a plugin's behalf.
+///
+/// A plugin's runtime is a second tokio with its own reactor thread: every answer from the
+/// upstream would wake a plugin thread, which then wakes the host's task awaiting the dispatch.
+/// A socket handed to the host instead is waited on by the host's own reactor, so a dispatch
+/// the host polls runs start to end on the host's thread.
+///
+/// A handle is the host's, opaque to the plugin, and valid until `close`. The functions never
+/// block; `Pending` means the context's waker will be woken when the socket is ready.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct HostIo {
+    /// Takes ownership of a connected, non-blocking TCP socket (closed by the host on error too).
+    pub adopt: extern "C" fn(fd: i32) -> RResult<usize, IoErrorCode>,
+    /// Reads into the `len` bytes at `buf` (which need not be initialised); `Ok(0)` at the
+    /// end of the stream.
+    pub poll_read: unsafe extern "C" fn(
+        handle: usize,
+        cx: &mut FfiContext<'_>,
+        buf: *mut u8,
+        len: usize,
+    ) -> FfiPoll<RResult<usize, IoErrorCode>>,
+    /// Writes from the first buffer, then the second, in one vectored write; returns the bytes
+    /// written, which may be fewer than both.
+    pub poll_write: extern "C" fn(
+        handle: usize,
+        cx: &mut FfiContext<'_>,
+        first: RSlice<'_, u8>,
+        second: RSlice<'_, u8>,
+    ) -> FfiPoll<RResult<usize, IoErrorCode>>,
+    /// Shuts the writing half down.
+    pub shutdown_write: extern "C" fn(handle: usize) -> RResult<(), IoErrorCode>,
+    /// Closes the socket and releases the handle.
+    pub close: extern "C" fn(handle: usize),
 }
 
 impl RootModule for PluginModRef {

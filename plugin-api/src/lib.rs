@@ -78,6 +78,7 @@
 pub mod abi;
 mod fan_out;
 mod host_info;
+mod host_io;
 pub mod jwt;
 pub mod lenient;
 mod logging;

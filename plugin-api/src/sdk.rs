@@ -1,9 +1,12 @@
 //! The SDK: turns a plain [`Pushkin`] impl into the ABI's root module.
 //!
 //! A plugin library has its own copy of tokio, so it cannot run on the host's runtime. The SDK
-//! owns one multi-thread runtime per library (sized by the host), enters it for constructors,
-//! spawns every dispatch onto it and hands the host an FFI future that awaits the task. Every
-//! exported function is wrapped in `catch_unwind`: a panic fails one call, never the host.
+//! owns one multi-thread runtime per library (sized by the host) and enters it for
+//! constructors. A host that lends its reactor (`abi::HostIo`) gets each dispatch as an FFI
+//! future it polls on its own thread, inside the plugin runtime's context; otherwise the
+//! dispatch is spawned onto the plugin runtime and the future awaits the task. Every exported
+//! function, and every poll of a dispatch, is wrapped in `catch_unwind`: a panic fails one
+//! call, never the host.
 
 use crate::abi::{
     FfiDispatchResult, FfiPushError, HostCtx, PluginMod, PluginModRef, PushErrorKind, PushkinBox,
@@ -17,9 +20,12 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
 use serde::de::DeserializeOwned;
+use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use tokio::runtime::{Handle, Runtime};
 use tracing::Instrument;
 
@@ -247,6 +253,7 @@ pub fn root_module<P: Pushkin>(plugin_version: &'static str) -> PluginModRef {
         info_json: info_json::<P>,
         new: new_pushkin::<P>,
         shutdown,
+        attach_host_io: crate::host_io::attach,
     }
     .leak_into_prefix()
 }
@@ -338,12 +345,87 @@ struct Adapter<P> {
     log: crate::abi::LogFn,
 }
 
+/// A pushkin's dispatch, boxed: a pushkin's future can hold a few KiB of state, and tokio copies
+/// a task's whole cell when it hands the output back; a box keeps that to a pointer.
+type Dispatch = Pin<Box<dyn Future<Output = Result<Vec<String>, PushError>> + Send>>;
+
+/// Why a dispatch ended without its own result.
+enum Stopped {
+    Panicked(Box<dyn Any + Send>),
+    /// Its task was dropped by the runtime shutting down.
+    Cancelled,
+}
+
 /// Aborts the dispatch task when the host drops the future (request cancelled).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A dispatch polled on the host's thread, inside this library's runtime context (its timers
+/// and spawned tasks live there), when the host lends its reactor: the upstream's sockets are
+/// then the host's, and no answer has to cross from a plugin thread to a host thread.
+struct Inline {
+    dispatch: Option<Dispatch>,
+    handle: Handle,
+}
+
+impl Future for Inline {
+    type Output = FfiDispatchResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FfiDispatchResult> {
+        let this = &mut *self;
+        let Some(dispatch) = this.dispatch.as_mut() else {
+            return Poll::Pending; // finished: the host does not poll again
+        };
+        let _entered = this.handle.enter();
+        let outcome = match catch_unwind(AssertUnwindSafe(|| dispatch.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => Ok(result),
+            Err(payload) => Err(Stopped::Panicked(payload)),
+        };
+        drop_quietly(this.dispatch.take());
+        Poll::Ready(to_ffi(outcome))
+    }
+}
+
+impl Drop for Inline {
+    /// The host dropped an unfinished dispatch (request cancelled).
+    fn drop(&mut self) {
+        if let Some(dispatch) = self.dispatch.take() {
+            let _entered = self.handle.enter();
+            drop_quietly(Some(dispatch));
+        }
+    }
+}
+
+/// Drops a dispatch that may have panicked: its destructors may panic too.
+fn drop_quietly(dispatch: Option<Dispatch>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(dispatch)));
+}
+
+fn to_ffi(outcome: Result<Result<Vec<String>, PushError>, Stopped>) -> FfiDispatchResult {
+    match outcome {
+        Ok(Ok(rejected)) => ROk(rejected.into_iter().map(RString::from).collect::<RVec<_>>()),
+        Ok(Err(err)) => RErr(FfiPushError {
+            kind: if err.temporary {
+                PushErrorKind::Temporary
+            } else {
+                PushErrorKind::Permanent
+            },
+            message: err.message.into(),
+        }),
+        Err(Stopped::Panicked(payload)) => RErr(FfiPushError {
+            kind: PushErrorKind::Panic,
+            message: format!("pushkin panicked: {}", panic_message(&*payload)).into(),
+        }),
+        Err(Stopped::Cancelled) => RErr(FfiPushError {
+            kind: PushErrorKind::Temporary,
+            message: "dispatch cancelled: the plugin runtime is shutting down".into(),
+        }),
     }
 }
 
@@ -372,47 +454,34 @@ impl<P: Pushkin> Adapter<P> {
         let pushkin = Arc::clone(&self.inner);
         let (request_id, trace) = crate::trace::split_request_id(request_id.as_str());
         let span = tracing::info_span!("dispatch", request_id = %request_id, app = %self.app_id);
-        // Boxed: a pushkin's future can hold a few KiB of state, and tokio copies a task's
-        // whole cell when it hands the output back; a box keeps that to a pointer.
-        let dispatch =
+        let dispatch: Dispatch =
             Box::pin(async move { pushkin.dispatch(&notification).await }.instrument(span));
-        let task = match trace {
-            Some(context) => self.handle.spawn(crate::trace::in_dispatch(
+        let dispatch = match trace {
+            Some(context) => Box::pin(crate::trace::in_dispatch(
                 context,
                 self.log,
                 P::KIND,
                 dispatch,
             )),
-            None => self.handle.spawn(dispatch),
+            None => dispatch,
         };
-        let task = AbortOnDrop(task);
+        if crate::host_io::lent().is_some() {
+            return Inline {
+                dispatch: Some(dispatch),
+                handle: self.handle.clone(),
+            }
+            .into_ffi();
+        }
+        let task = AbortOnDrop(self.handle.spawn(dispatch));
         async move {
             let mut task = task;
-            match (&mut task.0).await {
-                Ok(Ok(rejected)) => {
-                    ROk(rejected.into_iter().map(RString::from).collect::<RVec<_>>())
+            to_ffi((&mut task.0).await.map_err(|join_err| {
+                if join_err.is_panic() {
+                    Stopped::Panicked(join_err.into_panic())
+                } else {
+                    Stopped::Cancelled
                 }
-                Ok(Err(err)) => RErr(FfiPushError {
-                    kind: if err.temporary {
-                        PushErrorKind::Temporary
-                    } else {
-                        PushErrorKind::Permanent
-                    },
-                    message: err.message.into(),
-                }),
-                Err(join_err) if join_err.is_panic() => RErr(FfiPushError {
-                    kind: PushErrorKind::Panic,
-                    message: format!(
-                        "pushkin panicked: {}",
-                        panic_message(&*join_err.into_panic())
-                    )
-                    .into(),
-                }),
-                Err(_) => RErr(FfiPushError {
-                    kind: PushErrorKind::Temporary,
-                    message: "dispatch cancelled: the plugin runtime is shutting down".into(),
-                }),
-            }
+            }))
         }
         .into_ffi()
     }

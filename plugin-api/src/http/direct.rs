@@ -10,6 +10,7 @@
 //! per notification (an OAuth token fetch) can keep [`build_client`](super::build_client).
 
 use super::h1::{H1Pool, H1Route, Sent};
+use super::tcp::{Tcp, TcpConnector};
 use super::{error_chain, tls_config, ClientOptions};
 use crate::HostInfo;
 use bytes::Bytes;
@@ -18,7 +19,6 @@ use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
@@ -26,14 +26,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tower_service::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 /// A TCP connection to the upstream, or a tunnel to it through the proxy (itself plain or TLS).
-type Hop = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Hop = MaybeHttpsStream<TokioIo<Tcp>>;
 
 /// A connection to the upstream: TLS or not, over a [`Hop`].
 pub(super) type Stream = MaybeHttpsStream<Hop>;
@@ -65,14 +64,16 @@ impl DirectClient {
     /// A client for `host`'s proxy and trust roots, with `options`' limits.
     pub fn new(host: &HostInfo, options: &ClientOptions) -> Result<DirectClient, String> {
         let tls = Arc::new(tls_config(host, options)?);
-        let route = match &host.proxy {
-            None => Route::Direct(tcp_connector()),
-            Some(proxy) => Route::Tunnel(Box::new(tunnel(host, options, proxy)?)),
+        let connector = |to_host| -> Result<Connector, String> {
+            let route = match &host.proxy {
+                None => Route::Direct(TcpConnector::new(to_host)),
+                Some(proxy) => Route::Tunnel(Box::new(tunnel(host, options, proxy, to_host)?)),
+            };
+            Ok(Connector(Arc::new(ConnectorParts {
+                tls: HttpsConnector::from((route, Arc::clone(&tls))),
+                timeout: options.connect_timeout,
+            })))
         };
-        let connector = Connector(Arc::new(ConnectorParts {
-            tls: HttpsConnector::from((route, tls)),
-            timeout: options.connect_timeout,
-        }));
         let h1 = (!options.http2_only).then(|| Arc::new(H1Pool::new(options.max_idle_per_host)));
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -91,9 +92,12 @@ impl DirectClient {
             ),
         };
         Ok(DirectClient {
-            client: builder.build(connector.clone()),
+            // hyper's HTTP/2 connections are tasks on this library's runtime: their sockets
+            // stay in its reactor. The HTTP/1.1 ones are driven by the dispatch itself, which
+            // the host polls: theirs go to the host's reactor.
+            client: builder.build(connector(false)?),
             h1,
-            connector,
+            connector: connector(true)?,
             request_timeout: options.request_timeout,
             user_agent,
         })
@@ -162,20 +166,13 @@ fn unreadable_body(err: &(dyn std::error::Error + 'static), limit: usize) -> Str
     }
 }
 
-fn tcp_connector() -> HttpConnector {
-    let mut tcp = HttpConnector::new();
-    // The TLS layer above takes https:// URIs through this connector.
-    tcp.enforce_http(false);
-    tcp.set_nodelay(true);
-    tcp
-}
-
 /// A CONNECT tunnel through `proxy` (`http://` or `https://`, credentials as basic auth).
 fn tunnel(
     host: &HostInfo,
     options: &ClientOptions,
     proxy: &str,
-) -> Result<Tunnel<HttpsConnector<HttpConnector>>, String> {
+    to_host: bool,
+) -> Result<Tunnel<HttpsConnector<TcpConnector>>, String> {
     let invalid = |why: &str| {
         format!(
             "invalid proxy {}: {why}",
@@ -201,7 +198,7 @@ fn tunnel(
     };
     let mut proxy_tls = tls_config(host, &to_proxy_options)?;
     proxy_tls.alpn_protocols.clear();
-    let to_proxy = HttpsConnector::from((tcp_connector(), Arc::new(proxy_tls)));
+    let to_proxy = HttpsConnector::from((TcpConnector::new(to_host), Arc::new(proxy_tls)));
     let tunnel = Tunnel::new(proxy_uri, to_proxy);
     if url.username().is_empty() && url.password().is_none() {
         return Ok(tunnel);
@@ -224,8 +221,8 @@ fn tunnel(
 /// How a connection reaches the upstream: straight, or through the proxy's tunnel.
 #[derive(Clone)]
 enum Route {
-    Direct(HttpConnector),
-    Tunnel(Box<Tunnel<HttpsConnector<HttpConnector>>>),
+    Direct(TcpConnector),
+    Tunnel(Box<Tunnel<HttpsConnector<TcpConnector>>>),
 }
 
 impl Service<Uri> for Route {
@@ -235,7 +232,7 @@ impl Service<Uri> for Route {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            Route::Direct(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Route::Direct(tcp) => tcp.poll_ready(cx),
             Route::Tunnel(tunnel) => tunnel.poll_ready(cx).map_err(Into::into),
         }
     }

@@ -28,8 +28,10 @@ use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::Connection as _;
+use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -51,11 +53,13 @@ enum Protocol {
     Http2,
 }
 
-struct Idle {
+struct Idle<C = Box<Conn>> {
     /// Boxed: the stream holds its TLS state inline (kilobytes, even for plain HTTP, the stream
     /// being an enum), and a connection moves in and out of the pool on every request.
-    conn: Box<Conn>,
+    conn: C,
     since: Instant,
+    /// The thread it was made on (see [`this_thread`]).
+    home: u32,
 }
 
 struct Origin {
@@ -268,6 +272,7 @@ impl H1Pool {
         self.with_origin(scheme, authority, |origin| {
             if origin.protocol == Protocol::Http1 && origin.idle.len() < max_idle {
                 origin.idle.push(Idle {
+                    home: conn.home(),
                     conn,
                     since: Instant::now(),
                 });
@@ -323,20 +328,67 @@ fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
     }
 }
 
-/// The most recently idle connection that has not been idle too long.
-fn take_idle(idle: &mut Vec<Idle>) -> Option<Idle> {
+/// The most recently idle connection that has not been idle too long, one made on this thread
+/// if there is one.
+fn take_idle<C>(idle: &mut Vec<Idle<C>>) -> Option<Idle<C>> {
     // Stale ones are at the front: they went idle first.
     let fresh = idle
         .iter()
         .position(|entry| entry.since.elapsed() < IDLE_TIMEOUT)
         .unwrap_or(idle.len());
     idle.drain(..fresh);
-    idle.pop()
+    let here = this_thread();
+    match idle.iter().rposition(|entry| entry.home == here) {
+        Some(at) => Some(idle.remove(at)),
+        None => idle.pop(),
+    }
+}
+
+/// A small number naming the current thread.
+///
+/// A host that lends its reactor polls each dispatch on one of its connection threads, and a
+/// connection made there is waited on by that thread's reactor: the same connection taken on
+/// another thread would have its answers cross between the two.
+pub(super) fn this_thread() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    thread_local! {
+        static ID: Cell<u32> = const { Cell::new(0) };
+    }
+    ID.with(|id| {
+        if id.get() == 0 {
+            id.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        id.get()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_connections_made_on_this_thread_are_taken_first() {
+        let here = this_thread();
+        let elsewhere = std::thread::spawn(this_thread).join().unwrap();
+        assert_ne!(here, elsewhere);
+        let now = Instant::now();
+        let idle = |conn, home| Idle {
+            conn,
+            since: now,
+            home,
+        };
+        let mut pool = vec![
+            idle("older here", here),
+            idle("newer here", here),
+            idle("newest, elsewhere", elsewhere),
+        ];
+        let taken = |pool: &mut Vec<Idle<&'static str>>| take_idle(pool).map(|idle| idle.conn);
+        assert_eq!(taken(&mut pool), Some("newer here"));
+        assert_eq!(taken(&mut pool), Some("older here"));
+        // None made here is left: another thread's is better than a new connection.
+        assert_eq!(taken(&mut pool), Some("newest, elsewhere"));
+        assert_eq!(taken(&mut pool), None);
+    }
 
     #[test]
     fn host_headers_are_written_as_hyper_writes_them() {

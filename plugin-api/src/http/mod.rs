@@ -24,6 +24,7 @@ pub mod endpoint;
 mod h1;
 mod send;
 mod slots;
+mod tcp;
 mod wire;
 
 pub use ::http::{Request, Response, StatusCode, Uri};

@@ -30,6 +30,8 @@ pub(super) struct Conn {
     filled: usize,
     /// The request head being written.
     head: Vec<u8>,
+    /// The thread it was made on, whose reactor waits on it when the host lends its own.
+    home: u32,
 }
 
 impl Conn {
@@ -39,7 +41,13 @@ impl Conn {
             read: vec![0; READ_BUFFER_BYTES],
             filled: 0,
             head: Vec::new(),
+            home: super::this_thread(),
         }
+    }
+
+    /// The thread it was made on (see `this_thread`).
+    pub(super) fn home(&self) -> u32 {
+        self.home
     }
 
     /// Whether an idle connection can take a request: not closed by the server, and with
