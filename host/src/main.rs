@@ -18,6 +18,7 @@ mod dedup;
 mod dispatch;
 mod generation;
 mod health;
+mod host_io;
 mod lifecycle;
 mod listeners;
 mod log_file;
@@ -34,6 +35,7 @@ mod registry;
 mod reload;
 mod sentry;
 mod server;
+mod shards;
 mod snapshot;
 mod sys;
 mod systemd;
@@ -211,10 +213,10 @@ fn start(config_path: Option<PathBuf>) -> Result<Started, String> {
     })
 }
 
-/// Threads of each plugin library's runtime. Every dispatch runs on both the host's runtime
-/// and its plugin's, so by default each gets half the cores: with a host worker per core as
-/// well, three busy threads on two cores cost a third more CPU per notification in preemptions
-/// and wake-ups (BENCHMARKS.md). An idle runtime costs nothing.
+/// Threads of each plugin library's runtime: half the cores. The host polls the dispatches of
+/// plugins built with plugin-api's SDK on its own threads, their sockets in its reactor (see
+/// `host_io`), so their runtimes only keep timers and background work; a plugin without that
+/// has its dispatches run on its runtime. An idle runtime costs nothing.
 fn worker_threads(config: &config::Config) -> usize {
     config
         .plugins
@@ -222,13 +224,10 @@ fn worker_threads(config: &config::Config) -> usize {
         .unwrap_or_else(|| (cores() / 2).max(1))
 }
 
-/// Threads of the host's runtime (`http.worker_threads`): half the cores, the plugins' runtimes
-/// taking the other half (see [`worker_threads`]).
-fn host_worker_threads(config: &config::Config) -> usize {
-    config
-        .http
-        .worker_threads
-        .unwrap_or_else(|| (cores() / 2).max(1))
+/// Threads serving client connections (`http.worker_threads`, see `shards`): one per core,
+/// since every dispatch runs on them from request to answer (see [`worker_threads`]).
+fn connection_threads(config: &config::Config) -> usize {
+    config.http.worker_threads.unwrap_or_else(cores)
 }
 
 /// The plugin registry for `plugins`, with this process's snapshot directory.
@@ -248,7 +247,8 @@ fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), 
     // library's runtime, and the runtime's size comes from the config.
     let started = start(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(host_worker_threads(&started.loaded.config))
+        // Accept loops, reloads and signals: client connections are served by the shards.
+        .worker_threads(1)
         .thread_name("sygnal")
         .enable_all()
         .build()
@@ -256,6 +256,11 @@ fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), 
             started.plugins.shutdown();
             format!("cannot start the runtime: {err}")
         })?;
+    host_io::set_runtime(runtime.handle().clone());
+    if let Err(err) = shards::start(connection_threads(&started.loaded.config)) {
+        started.plugins.shutdown();
+        return Err(format!("cannot start the connection threads: {err}"));
+    }
     let plugins = Arc::clone(&started.plugins);
     let result = runtime.block_on(run(started, startup));
     plugins.shutdown();

@@ -282,6 +282,11 @@ fn load_library(
     let version = module.version()().as_str().to_owned();
     let info_json = module.info_json()();
     crate::compat::refuse_unsafe_library(path, info_json.as_str())?;
+    // Before any `new`: the library's dispatches are then polled on the host's threads, their
+    // sockets in its reactor. Libraries built before plugin-api offered it lack the function.
+    if let Some(attach_host_io) = module.attach_host_io() {
+        attach_host_io(crate::host_io::HOST_IO);
+    }
     let info = serde_json::from_str(info_json.as_str())
         .map_err(|err| format!("{}: invalid plugin info: {err}", path.display()))?;
     Ok(PluginLibrary {

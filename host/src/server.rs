@@ -309,7 +309,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 match OpenConnection::admit(&shared) {
                     Some(open) => {
                         let shared = Arc::clone(&shared);
-                        tokio::spawn(connection::serve(stream, peer.ip(), shared, open));
+                        crate::shards::spawn_connection(stream, move |stream| {
+                            connection::serve(stream, peer.ip(), shared, open)
+                        });
                     }
                     None => refuse(stream, &shared, &mut refusals),
                 }

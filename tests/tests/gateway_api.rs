@@ -359,6 +359,25 @@ async fn core_metrics_use_sygnal_names() {
 }
 
 #[tokio::test]
+async fn dispatches_are_polled_on_the_connection_threads() {
+    let gw = gateway().await;
+    let (status, _) = gw.notify(notification(&[("com.example.a", "k")])).await;
+    assert_eq!(status, 200);
+    assert!(
+        gw.wait_for_log("scripted dispatch", Duration::from_secs(5))
+            .await
+    );
+    let logs = gw.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("scripted dispatch"))
+        .unwrap_or_else(|| panic!("no plugin log line in\n{logs}"));
+    // Not the plugin runtime's own threads: the host lends its reactor, and polls the
+    // dispatch where it serves the connection.
+    assert!(line.contains("sygnal-shard-"), "{line}");
+}
+
+#[tokio::test]
 async fn every_log_line_about_a_request_carries_its_id() {
     let gw = gateway().await;
     let (status, _) = gw
