@@ -1,5 +1,6 @@
 //! The host's reactor, when the host lends it ([`HostIo`]): the SDK then polls dispatches on
-//! the host's thread, and the HTTP client's own connections are `http::HostStream`s.
+//! the host's thread, and the HTTP client's own HTTP/1.1 connections lend it their sockets
+//! (`http::tcp::HostStream`).
 
 use crate::abi::HostIo;
 use std::sync::OnceLock;
