@@ -244,7 +244,7 @@ fn serve(config_path: Option<PathBuf>, pid_file: Option<PathBuf>) -> Result<(), 
     // First, while the process has one thread: it takes variables out of the environment.
     let startup = lifecycle::Startup::take(pid_file)?;
     // Apps are built before the host's runtime exists: pushkin constructors run on their
-    // library's runtime, and the runtime's size comes from the config.
+    // library's runtime, and the connection threads' number comes from the config.
     let started = start(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Accept loops, reloads and signals: client connections are served by the shards.

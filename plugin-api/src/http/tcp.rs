@@ -28,7 +28,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub(super) struct TcpConnector {
     tcp: HttpConnector,
-    to_host: bool,
+    /// The host's socket functions, when its connections are lent to the host.
+    host: Option<&'static HostIo>,
 }
 
 impl TcpConnector {
@@ -39,7 +40,7 @@ impl TcpConnector {
         tcp.set_nodelay(true);
         TcpConnector {
             tcp,
-            to_host: to_host && crate::host_io::lent().is_some(),
+            host: crate::host_io::lent().filter(|_| to_host),
         }
     }
 }
@@ -55,13 +56,13 @@ impl Service<Uri> for TcpConnector {
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.tcp.call(dst);
-        let to_host = self.to_host;
+        let host = self.host;
         Box::pin(async move {
             let stream = connecting.await?.into_inner();
-            if !to_host {
+            let Some(io) = host else {
                 return Ok(TokioIo::new(Tcp::Own(stream)));
-            }
-            let lent = HostStream::adopt(stream)
+            };
+            let lent = HostStream::adopt(io, stream)
                 .map_err(|err| format!("handing the connection to the host failed: {err}"))?;
             Ok(TokioIo::new(Tcp::Host(lent)))
         })
@@ -146,9 +147,7 @@ pub(super) struct HostStream {
 
 impl HostStream {
     /// Hands a connected socket to the host.
-    fn adopt(stream: TcpStream) -> io::Result<HostStream> {
-        let io =
-            crate::host_io::lent().ok_or_else(|| io::Error::other("the host lends no reactor"))?;
+    fn adopt(io: &'static HostIo, stream: TcpStream) -> io::Result<HostStream> {
         // Deregistered from this library's reactor; still non-blocking.
         let fd = stream.into_std()?.into_raw_fd();
         match (io.adopt)(fd) {
