@@ -348,7 +348,8 @@ fn take_idle<C>(idle: &mut Vec<Idle<C>>) -> Option<Idle<C>> {
 ///
 /// A host that lends its reactor polls each dispatch on one of its connection threads, and a
 /// connection made there is waited on by that thread's reactor: the same connection taken on
-/// another thread would have its answers cross between the two.
+/// another thread would have its answers cross between the two. The connection slots use it
+/// too, to give a freed slot to a request waiting on the same thread.
 pub(super) fn this_thread() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     thread_local! {

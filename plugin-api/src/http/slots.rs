@@ -1,8 +1,10 @@
 //! `max_connections`: how many requests of one app may be in flight, with Sygnal's metrics.
 
 use crate::{GaugeGuard, Labels, Metrics};
+use queue::{Permit, SlotQueue};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, SemaphorePermit};
+
+mod queue;
 
 /// A metric's name and help text.
 pub type MetricName = (&'static str, &'static str);
@@ -24,8 +26,11 @@ pub struct SlotMetrics {
 /// Reports what Sygnal's pushkins do: gauges of the requests waiting for a slot (exported from
 /// the start, at 0, as dashboards expect) and holding one, and a histogram of the time spent
 /// waiting.
+///
+/// A freed slot goes to a request waiting on the thread that freed it, and to the oldest
+/// waiter at least every few slots (see `queue`).
 pub struct ConnectionSlots {
-    slots: Semaphore,
+    slots: SlotQueue,
     wait: Duration,
     /// What the error names when no slot came free: "FCM", "push service"...
     upstream: &'static str,
@@ -37,7 +42,7 @@ pub struct ConnectionSlots {
 /// A slot: the request holding it counts as active until it is dropped.
 #[must_use = "the slot is given back when dropped"]
 pub struct Slot<'a> {
-    _permit: SemaphorePermit<'a>,
+    _permit: Permit<'a>,
     _active: GaugeGuard<'a>,
 }
 
@@ -53,7 +58,7 @@ impl ConnectionSlots {
         let labels = Labels::default();
         metrics.gauge_add(names.pending.0, names.pending.1, &labels, 0.0);
         ConnectionSlots {
-            slots: Semaphore::new(max),
+            slots: SlotQueue::new(max),
             wait,
             upstream,
             metrics,
@@ -69,8 +74,8 @@ impl ConnectionSlots {
         // would go up and down again in the same instant: two metric updates for nothing) and
         // without reading the clock for a wait of zero.
         let (permit, waited) = match self.slots.try_acquire() {
-            Ok(permit) => (Ok(Ok(permit)), 0.0),
-            Err(_) => {
+            Some(permit) => (Ok(permit), 0.0),
+            None => {
                 let queued = Instant::now();
                 let (name, help) = self.names.pending;
                 let _pending = self.metrics.gauge_guard(name, help, &self.labels);
@@ -84,14 +89,13 @@ impl ConnectionSlots {
         self.metrics
             .histogram_observe(name, help, &self.labels, waited);
         match permit {
-            Ok(Ok(permit)) => {
+            Ok(permit) => {
                 let (name, help) = self.names.active;
                 Ok(Slot {
                     _permit: permit,
                     _active: self.metrics.gauge_guard(name, help, &self.labels),
                 })
             }
-            Ok(Err(_)) => Err("the connection limiter is closed".to_owned()),
             Err(_) => Err(format!(
                 "no free {} connection slot (max_connections) within {} s",
                 self.upstream,
