@@ -232,9 +232,9 @@ fn worker_threads(config: &config::Config) -> usize {
 /// wakes a socket's reader on the writer's core when the writer is the only thread there. The
 /// peer then reads one request per wake-up and the thread is switched out per request. With
 /// a second thread on the core the woken peer waits its turn and reads several at once
-/// (BENCHMARKS.md: 0.4 involuntary context switches per notification became 0.01, and the
-/// gateway served a sixth more). Where nothing else shares the cores, the second thread of a
-/// core only waits in `epoll_wait`.
+/// (BENCHMARKS.md: 0.4 involuntary context switches per notification became 0.01-0.04, and
+/// the gateway served a fifth more). Where nothing else shares the cores, the extra threads
+/// cost some time slicing among themselves under load, and two descriptors each.
 fn connection_threads(config: &config::Config) -> usize {
     config
         .http
