@@ -56,7 +56,8 @@ impl SlotQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing that can panic runs under the lock; a poisoned lock holds consistent state.
+        // The only calls out under the lock clone or drop a waker, and each change to the state
+        // is whole before or after them: a poisoned lock still holds a consistent state.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -246,9 +247,19 @@ impl State {
                 return None;
             }
         };
-        let waiter = self.waiter_mut(chosen)?;
-        waiter.granted = true;
-        Some(waiter.waker.clone())
+        match self.waiter_mut(chosen) {
+            Some(waiter) => {
+                waiter.granted = true;
+                // A granted waiter's next poll takes its slot without waiting: its waker is
+                // not needed again.
+                Some(std::mem::replace(&mut waiter.waker, Waker::noop().clone()))
+            }
+            // `pop_waiting` has just seen it waiting; kept rather than lost all the same.
+            None => {
+                self.free += 1;
+                None
+            }
+        }
     }
 
     fn waiter_mut(&mut self, ticket: Ticket) -> Option<&mut Waiter> {
