@@ -39,12 +39,8 @@ impl SlotQueue {
 
     /// A free slot now, if there is one.
     pub(super) fn try_acquire(&self) -> Option<Permit<'_>> {
-        let mut state = self.lock();
-        // Free slots and waiters never coexist: a freed slot goes to a waiter when there is one.
-        (state.free > 0).then(|| {
-            state.free -= 1;
-            Permit { queue: self }
-        })
+        let taken = self.lock().take_free();
+        taken.then(|| Permit { queue: self })
     }
 
     /// A slot, when one is free; waits in line otherwise.
@@ -94,10 +90,7 @@ impl<'a> Future for Acquire<'a> {
         let queue = self.queue;
         let mut state = queue.lock();
         let granted = match self.waiting {
-            None if state.free > 0 => {
-                state.free -= 1;
-                true
-            }
+            None if state.take_free() => true,
             None => {
                 self.waiting = Some(state.enqueue(this_thread(), cx.waker().clone()));
                 false
@@ -117,17 +110,10 @@ impl Drop for Acquire<'_> {
         let Some(ticket) = self.waiting.take() else {
             return;
         };
-        let woken = {
-            let mut state = self.queue.lock();
-            // Granted but never taken (timed out or cancelled meanwhile): it goes on.
-            if state.leave(ticket) {
-                state.grant(this_thread())
-            } else {
-                None
-            }
-        };
-        if let Some(waker) = woken {
-            waker.wake();
+        // Granted but never taken (timed out or cancelled meanwhile): it goes on.
+        let granted = self.queue.lock().leave(ticket);
+        if granted {
+            self.queue.release();
         }
     }
 }
@@ -163,6 +149,16 @@ struct State {
 }
 
 impl State {
+    /// Takes a free slot if there is one. Free slots and waiters never coexist: a freed slot
+    /// goes to a waiter when there is one.
+    fn take_free(&mut self) -> bool {
+        let free = self.free > 0;
+        if free {
+            self.free -= 1;
+        }
+        free
+    }
+
     fn enqueue(&mut self, thread: u32, waker: Waker) -> Ticket {
         let number = self.next_number;
         self.next_number += 1;
@@ -277,11 +273,16 @@ impl State {
     }
 }
 
-fn is_waiting(waiters: &[Option<Waiter>], ticket: Ticket) -> bool {
+/// The waiter `ticket` names, if it has not left.
+fn find(waiters: &[Option<Waiter>], ticket: Ticket) -> Option<&Waiter> {
     waiters
-        .get(ticket.index)
-        .and_then(Option::as_ref)
-        .is_some_and(|waiter| waiter.number == ticket.number && !waiter.granted)
+        .get(ticket.index)?
+        .as_ref()
+        .filter(|waiter| waiter.number == ticket.number)
+}
+
+fn is_waiting(waiters: &[Option<Waiter>], ticket: Ticket) -> bool {
+    find(waiters, ticket).is_some_and(|waiter| !waiter.granted)
 }
 
 /// The first entry of `line` still waiting, taken off the line with those before it.
@@ -316,9 +317,7 @@ mod tests {
     }
 
     fn granted(state: &State, ticket: Ticket) -> bool {
-        state.waiters[ticket.index]
-            .as_ref()
-            .is_some_and(|waiter| waiter.number == ticket.number && waiter.granted)
+        find(&state.waiters, ticket).is_some_and(|waiter| waiter.granted)
     }
 
     #[test]
